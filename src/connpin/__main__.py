@@ -1,0 +1,3 @@
+from connpin.cli import main
+
+raise SystemExit(main())

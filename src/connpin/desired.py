@@ -1,0 +1,219 @@
+"""(config, what the kernel shows) -> the state connpin wants: a plain, printable, comparable value.
+
+Pure. The observation is passed in (`Observed`), so `plan` can feed an imagined machine and
+`apply`, `up`, `down` and `status` feed the real one, all through this one function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from connpin import alloc
+from connpin.alloc import Slot
+from connpin.model import Config, Uplink
+from connpin.render import nft
+
+MAIN_TABLE = 254
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Link:
+    """An interface as the kernel shows it (only what the decisions need)."""
+
+    name: str
+    index: int
+    up: bool
+    addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the kernel shows that the desired state depends on."""
+
+    links: dict[str, Link] = field(default_factory=dict)
+    gateways: dict[str, str] = field(default_factory=dict)  # iface -> main default gateway
+    sysctls: dict[str, int] = field(default_factory=dict)  # "conf/<iface>/<key>" -> value
+    imagined: bool = False  # True for `plan`: every exact uplink is assumed up
+
+
+@dataclass(frozen=True, order=True)
+class Rule:
+    """One ip rule in connpin's band; str() is the iproute2 spelling."""
+
+    priority: int
+    action: str  # lookup | goto | unreachable | nop
+    table: int = 0
+    fwmark: int | None = None
+    fwmask: int | None = None
+    goto: int | None = None
+    suppress_prefixlength: int | None = None
+
+    def __str__(self) -> str:
+        s = f"priority {self.priority}"
+        if self.fwmark is not None:
+            s += f" fwmark {self.fwmark:#x}/{self.fwmask:#x}"
+        if self.action == "lookup":
+            s += f" lookup {'main' if self.table == MAIN_TABLE else self.table}"
+            if self.suppress_prefixlength is not None:
+                s += f" suppress_prefixlength {self.suppress_prefixlength}"
+        elif self.action == "goto":
+            s += f" goto {self.goto}"
+        else:
+            s += f" {self.action}"
+        return s
+
+
+@dataclass(frozen=True, order=True)
+class Route:
+    """A default route in one of connpin's tables; str() is the iproute2 spelling."""
+
+    table: int
+    oif: str
+    gateway: str | None = None  # None: point-to-point (`default dev`)
+
+    def __str__(self) -> str:
+        via = f"via {self.gateway} " if self.gateway else ""
+        return f"default {via}dev {self.oif} table {self.table}"
+
+
+@dataclass(frozen=True)
+class UplinkState:
+    """One uplink interface and what connpin wants for it."""
+
+    uplink: str
+    interface: str
+    slot: Slot
+    up: bool
+    reason: str  # why it is up or down, for status and plan
+    route: Route | None
+    masquerade: bool
+
+
+@dataclass(frozen=True)
+class Desired:
+    """Everything connpin wants installed. Compare two of these to know what changes."""
+
+    nft_table: str
+    ruleset: str | None  # None: connpin's table must not exist (remove)
+    uplinks: tuple[UplinkState, ...]
+    rules: tuple[Rule, ...]
+    routes: tuple[Route, ...]
+    sysctls: tuple[tuple[str, int], ...]
+    rule_range: range
+    table_range: range
+    mark_mask: int
+
+
+def owned(config: Config) -> tuple[range, range]:
+    """connpin's rule priorities and table ids."""
+    pin = config.pinning
+    cap = alloc.capacity(pin.mark_mask)
+    return pin.rule_range, range(pin.table_base, pin.table_base + cap)
+
+
+def base_rules(config: Config) -> tuple[Rule, ...]:
+    """The rules that exist whenever connpin is applied, whichever uplinks are up.
+
+    P+0: unmarked packets skip the band at the cost of one rule;
+    P+1: marked packets still use main for anything more specific than a default route;
+    P+2: per-uplink `fwmark M/MASK lookup T` (added by `uplink_rules`);
+    P+3: a marked packet whose uplink has no route is refused, never sent out another uplink;
+    P+4: landing spot of the skip.
+    """
+    p, mask = config.pinning.rule_priority, config.pinning.mark_mask
+    return (
+        Rule(p, "goto", fwmark=0, fwmask=mask, goto=p + 4),
+        Rule(p + 1, "lookup", table=MAIN_TABLE, suppress_prefixlength=0),
+        Rule(p + 3, "unreachable"),
+        Rule(p + 4, "nop"),
+    )
+
+
+def uplink_rule(config: Config, s: Slot) -> Rule:
+    return Rule(config.pinning.rule_priority + 2, "lookup", table=s.table,
+                fwmark=s.mark, fwmask=config.pinning.mark_mask)
+
+
+def slots(config: Config, observed: Observed) -> list[tuple[Uplink, str, Slot]]:
+    """Every uplink interface connpin knows of: exact ones always, pattern ones when present."""
+    exact = alloc.exact_marks(config)
+    out = [(u, u.interface, exact[u.name]) for u in config.uplinks if not u.is_pattern]
+    taken = {s.index for s in exact.values()}
+    for u in config.uplinks:
+        if u.is_pattern:
+            present = [n for n in observed.links if config.match(n) is u]
+            for ifname, s in alloc.pattern_marks(config, u, present, taken).items():
+                out.append((u, ifname, s))
+    return sorted(out, key=lambda t: (t[2].index, t[1]))
+
+
+def _uplink_state(u: Uplink, ifname: str, s: Slot, observed: Observed,
+                  going_down: frozenset[str]) -> UplinkState:
+    def down(reason: str) -> UplinkState:
+        return UplinkState(u.name, ifname, s, False, reason, None, u.masquerade)
+
+    if observed.imagined:
+        gw = u.gateway if u.gateway != AUTO else "<auto>"
+        route = Route(s.table, ifname, gw)
+        return UplinkState(u.name, ifname, s, True, "assumed up (plan)", route, u.masquerade)
+    if ifname in going_down:
+        return down("going down (hook)")
+    link = observed.links.get(ifname)
+    if link is None:
+        return down("no such interface")
+    if not link.up:
+        return down("interface is down")
+    if not link.addresses:
+        return down("no IPv4 address")
+    gw = u.gateway
+    if gw == AUTO:
+        gw = observed.gateways.get(ifname)
+        if gw is None:
+            return down("waiting for a default route in main (gateway = \"auto\")")
+    route = Route(s.table, ifname, gw)
+    return UplinkState(u.name, ifname, s, True, "up", route, u.masquerade)
+
+
+def _sysctls(config: Config, ups: list[UplinkState], observed: Observed) -> list[tuple[str, int]]:
+    """Loose rp_filter where the effective value is strict, and src_valid_mark, on live uplinks."""
+    if not config.pinning.sysctl:
+        return []
+    out: list[tuple[str, int]] = []
+    strict_all = observed.sysctls.get("conf/all/rp_filter", 0) == 1
+    for st in ups:
+        if not st.up or observed.imagined:
+            continue
+        own = observed.sysctls.get(f"conf/{st.interface}/rp_filter", 0)
+        if max(own, 1 if strict_all else 0) == 1:
+            out.append((f"conf/{st.interface}/rp_filter", 2))
+        out.append((f"conf/{st.interface}/src_valid_mark", 1))
+    return out
+
+
+def compute(config: Config, observed: Observed,
+            going_down: frozenset[str] = frozenset()) -> Desired:
+    """The full desired state for this config on this machine."""
+    states = [_uplink_state(u, i, s, observed, going_down) for u, i, s in slots(config, observed)]
+    rules = list(base_rules(config))
+    rules += [uplink_rule(config, st.slot) for st in states if st.up]
+    routes = [st.route for st in states if st.route is not None]
+    rule_range, table_range = owned(config)
+    return Desired(
+        nft_table=config.pinning.nft_table,
+        ruleset=nft.render(config, states),
+        uplinks=tuple(states),
+        rules=tuple(sorted(rules)),
+        routes=tuple(sorted(routes)),
+        sysctls=tuple(_sysctls(config, states, observed)),
+        rule_range=rule_range,
+        table_range=table_range,
+        mark_mask=config.pinning.mark_mask,
+    )
+
+
+def nothing(config: Config) -> Desired:
+    """The state `remove` converges to: none of connpin's objects, built from the same slice."""
+    rule_range, table_range = owned(config)
+    return Desired(config.pinning.nft_table, None, (), (), (), (), rule_range, table_range,
+                   config.pinning.mark_mask)

@@ -1,0 +1,278 @@
+"""Config as typed, frozen values, loaded from TOML with errors that name file, field and problem.
+
+Pure: nothing here touches the machine. Validation that needs the whole config (collisions,
+ranges) lives here too, so a bad config is refused before anything is observed or changed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = "/etc/connpin/connpin.toml"
+
+#: Rule priorities connpin owns: [rule_priority, rule_priority + RULE_BAND).
+RULE_BAND = 10
+#: Routing tables the kernel reserves: unspec, default, main, local.
+RESERVED_TABLES = frozenset({0, 253, 254, 255})
+#: ip rule priorities that are the kernel's defaults (local, main, default).
+RESERVED_PRIORITIES = frozenset({0, 32766, 32767})
+
+_UPLINK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+# Kernel rule (dev_valid_name): 1..15 bytes, not "." or "..", no "/", ":" or whitespace.
+_IFNAME = re.compile(r"^[^/:\s*]{1,15}$")
+
+
+class ConfigError(Exception):
+    """A config that cannot be used: names the file, the field and what is wrong."""
+
+    def __init__(self, path: str, field: str, message: str):
+        self.path, self.field, self.message = path, field, message
+        where = f"{path}: {field}: " if field else f"{path}: "
+        super().__init__(where + message)
+
+
+def valid_ifname(name: str) -> bool:
+    """True when the kernel would accept `name` as an interface name."""
+    return (
+        isinstance(name, str)
+        and name not in (".", "..")
+        and bool(_IFNAME.match(name))
+        and len(name.encode()) <= 15
+        and name.isprintable()
+    )
+
+
+@dataclass(frozen=True)
+class Uplink:
+    """One configured uplink. `interface` is an exact name or a prefix pattern like "ppp*"."""
+
+    name: str
+    interface: str
+    gateway: str | None = None  # None = point-to-point (`default dev`), "auto" = learn from main
+    masquerade: bool = False
+    mark: int | None = None  # explicit mark value inside the mask (optional)
+
+    @property
+    def is_pattern(self) -> bool:
+        return self.interface.endswith("*")
+
+    @property
+    def prefix(self) -> str:
+        return self.interface[:-1] if self.is_pattern else self.interface
+
+    def matches(self, ifname: str) -> bool:
+        if self.is_pattern:
+            return ifname.startswith(self.prefix) and len(ifname) > len(self.prefix)
+        return ifname == self.interface
+
+
+@dataclass(frozen=True)
+class Pinning:
+    """The slice of the machine connpin owns, and how it behaves."""
+
+    mark_mask: int = 0x00FF0000
+    table_base: int = 1000
+    rule_priority: int = 10000
+    sysctl: bool = True  # set rp_filter loose and src_valid_mark on uplinks
+    nft_table: str = "connpin"
+
+    @property
+    def rule_range(self) -> range:
+        return range(self.rule_priority, self.rule_priority + RULE_BAND)
+
+
+@dataclass(frozen=True)
+class Config:
+    pinning: Pinning = field(default_factory=Pinning)
+    uplinks: tuple[Uplink, ...] = ()
+    path: str = "<config>"
+
+    def uplink(self, name: str) -> Uplink | None:
+        return next((u for u in self.uplinks if u.name == name), None)
+
+    def match(self, ifname: str) -> Uplink | None:
+        """The uplink an interface belongs to (exact names win over patterns)."""
+        exact = next((u for u in self.uplinks if not u.is_pattern and u.matches(ifname)), None)
+        return exact or next((u for u in self.uplinks if u.is_pattern and u.matches(ifname)), None)
+
+
+_PINNING_KEYS = {"mark_mask", "table_base", "rule_priority", "sysctl", "nft_table"}
+_UPLINK_KEYS = {"name", "interface", "gateway", "masquerade", "mark"}
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a config file. Raises ConfigError."""
+    p = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(p, "", "no such file (use -c PATH or CONNPIN_CONFIG)") from None
+    except OSError as e:
+        raise ConfigError(p, "", f"cannot read: {e.strerror}") from None
+    return loads(data.decode("utf-8", errors="replace"), p)
+
+
+def loads(text: str, path: str = "<config>") -> Config:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "", f"invalid TOML: {e}") from None
+    return parse(doc, path)
+
+
+def _int(path: str, fld: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(path, fld, f"must be an integer, not {value!r}")
+    if not lo <= value <= hi:
+        raise ConfigError(path, fld, f"{value} is out of range {lo}..{hi}")
+    return value
+
+
+def _bool(path: str, fld: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(path, fld, f"must be true or false, not {value!r}")
+    return value
+
+
+def _unknown(path: str, where: str, got: dict, known: set[str]) -> None:
+    extra = sorted(set(got) - known)
+    if extra:
+        hint = ", ".join(sorted(known))
+        raise ConfigError(path, f"{where}{extra[0]}", f"unknown key (known keys: {hint})")
+
+
+def parse(doc: dict, path: str = "<config>") -> Config:
+    """Validate a decoded TOML document into a Config."""
+    _unknown(path, "", doc, {"pinning", "uplink"})
+    raw = doc.get("pinning", {})
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "pinning", "must be a table ([pinning])")
+    _unknown(path, "pinning.", raw, _PINNING_KEYS)
+    mask = _int(path, "pinning.mark_mask", raw.get("mark_mask", 0x00FF0000), 1, 0xFFFFFFFF)
+    table_base = _int(path, "pinning.table_base", raw.get("table_base", 1000), 1, 0xFFFFFFFE)
+    prio = _int(path, "pinning.rule_priority", raw.get("rule_priority", 10000), 1, 32765)
+    sysctl = _bool(path, "pinning.sysctl", raw.get("sysctl", True))
+    nft_table = raw.get("nft_table", "connpin")
+    if not isinstance(nft_table, str) or not re.match(r"^[a-zA-Z_][a-zA-Z0-9_]{0,31}$", nft_table):
+        raise ConfigError(path, "pinning.nft_table", f"{nft_table!r} is not a valid nft table name")
+    pinning = Pinning(mask, table_base, prio, sysctl, nft_table)
+
+    raws = doc.get("uplink", [])
+    if not isinstance(raws, list):
+        raise ConfigError(path, "uplink", "must be an array of tables ([[uplink]])")
+    uplinks = tuple(_uplink(path, i, u, pinning) for i, u in enumerate(raws))
+    config = Config(pinning, uplinks, path)
+    _check_whole(config)
+    return config
+
+
+def _uplink(path: str, i: int, raw: Any, pinning: Pinning) -> Uplink:
+    where = f"uplink[{i}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(path, where, "must be a table")
+    _unknown(path, f"{where}.", raw, _UPLINK_KEYS)
+    for key in ("name", "interface"):
+        if key not in raw:
+            raise ConfigError(path, f"{where}.{key}", "is required")
+    name = raw["name"]
+    if not isinstance(name, str) or not _UPLINK_NAME.match(name):
+        raise ConfigError(
+            path, f"{where}.name",
+            f"{name!r} is not a valid uplink name (lowercase letters, digits, '-', '_'; "
+            "at most 32, starting with a letter or digit)",
+        )
+    where = f"uplink[{i}] ({name})"
+    iface = raw["interface"]
+    body = iface[:-1] if isinstance(iface, str) and iface.endswith("*") else iface
+    if not isinstance(iface, str) or not valid_ifname(body):
+        raise ConfigError(
+            path, f"{where}.interface",
+            f"{iface!r} is not a valid interface name or pattern (1-15 characters, no '/', ':' "
+            "or spaces; a pattern ends with a single '*', like \"ppp*\")",
+        )
+    gateway = raw.get("gateway")
+    if gateway is not None:
+        if not isinstance(gateway, str):
+            raise ConfigError(path, f"{where}.gateway", "must be an IPv4 address or \"auto\"")
+        if gateway != "auto":
+            try:
+                gateway = str(ipaddress.IPv4Address(gateway))
+            except ValueError:
+                raise ConfigError(
+                    path, f"{where}.gateway", f"{gateway!r} is not an IPv4 address or \"auto\""
+                ) from None
+    masq = _bool(path, f"{where}.masquerade", raw.get("masquerade", False))
+    mark = raw.get("mark")
+    if mark is not None:
+        mark = _int(path, f"{where}.mark", mark, 1, 0xFFFFFFFF)
+        if mark & ~pinning.mark_mask:
+            raise ConfigError(
+                path, f"{where}.mark",
+                f"{mark:#010x} has bits outside pinning.mark_mask {pinning.mark_mask:#010x}",
+            )
+        if iface.endswith("*"):
+            raise ConfigError(
+                path, f"{where}.mark", "cannot be set on a pattern uplink (each interface "
+                "that matches gets its own mark)",
+            )
+    return Uplink(name, iface, gateway, masq, mark)
+
+
+def _check_whole(config: Config) -> None:
+    from connpin import alloc  # pure; imported here to keep the module graph one-way
+
+    path, pin = config.path, config.pinning
+    seen: dict[str, str] = {}
+    for i, u in enumerate(config.uplinks):
+        if u.name in seen:
+            raise ConfigError(path, f"uplink[{i}].name", f"{u.name!r} is used twice")
+        seen[u.name] = u.interface
+    for i, u in enumerate(config.uplinks):
+        for j, v in enumerate(config.uplinks[:i]):
+            if u.interface == v.interface:
+                raise ConfigError(
+                    path, f"uplink[{i}] ({u.name}).interface",
+                    f"{u.interface!r} is already used by uplink {v.name!r} (uplink[{j}])",
+                )
+            if u.is_pattern and v.is_pattern and (
+                u.prefix.startswith(v.prefix) or v.prefix.startswith(u.prefix)
+            ):
+                raise ConfigError(
+                    path, f"uplink[{i}] ({u.name}).interface",
+                    f"pattern {u.interface!r} overlaps {v.interface!r} of uplink {v.name!r}",
+                )
+    capacity = alloc.capacity(pin.mark_mask)
+    patterns = sum(1 for u in config.uplinks if u.is_pattern)
+    if len(config.uplinks) > capacity:
+        raise ConfigError(
+            path, "pinning.mark_mask",
+            f"{pin.mark_mask:#010x} gives {capacity} marks, too few for "
+            f"{len(config.uplinks)} uplinks (use a mask with more bits)",
+        )
+    if patterns and capacity < len(config.uplinks) + 1:
+        raise ConfigError(
+            path, "pinning.mark_mask",
+            f"{pin.mark_mask:#010x} leaves no marks for the interfaces of pattern uplinks",
+        )
+    tables = range(pin.table_base, pin.table_base + capacity)
+    bad = sorted(t for t in RESERVED_TABLES if t in tables)
+    if bad or tables.stop - 1 > 0xFFFFFFFF:
+        raise ConfigError(
+            path, "pinning.table_base",
+            f"table range {tables.start}..{tables.stop - 1} overlaps the kernel's reserved "
+            f"table {bad[0] if bad else 'limit'} (choose e.g. table_base = 1000)",
+        )
+    prios = pin.rule_range
+    badp = sorted(p for p in RESERVED_PRIORITIES if p in prios)
+    if badp or prios.stop - 1 > 32765:
+        raise ConfigError(
+            path, "pinning.rule_priority",
+            f"rule priorities {prios.start}..{prios.stop - 1} overlap the kernel's default rules "
+            "(main is 32766; choose e.g. rule_priority = 10000)",
+        )
+    alloc.exact_marks(config)  # raises ConfigError on collisions
