@@ -71,10 +71,11 @@ class Route:
     table: int
     oif: str
     gateway: str | None = None  # None: point-to-point (`default dev`)
+    dst: str = "default"  # only drift found in connpin's tables is ever anything else
 
     def __str__(self) -> str:
         via = f"via {self.gateway} " if self.gateway else ""
-        return f"default {via}dev {self.oif} table {self.table}"
+        return f"{self.dst} {via}dev {self.oif} table {self.table}"
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ def _sysctls(config: Config, ups: list[UplinkState], observed: Observed) -> list
         if not st.up or observed.imagined:
             continue
         own = observed.sysctls.get(f"conf/{st.interface}/rp_filter", 0)
-        if max(own, 1 if strict_all else 0) == 1:
+        if own in (1, 2) or strict_all:  # 2 once we set it: stable, not flip-flopping
             out.append((f"conf/{st.interface}/rp_filter", 2))
         out.append((f"conf/{st.interface}/src_valid_mark", 1))
     return out

@@ -1,0 +1,221 @@
+"""argv and environment -> calls -> exit codes. The only module that knows about them.
+
+Exit codes: 0 ok; 1 runtime failure (previous state kept); 2 bad config or usage;
+3 `status`: the kernel does not match the plan; 4 needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from connpin import model
+
+EXIT_FAIL, EXIT_CONFIG, EXIT_DRIFT, EXIT_ROOT = 1, 2, 3, 4
+
+
+class Usage(Exception):
+    """Bad command-line input (exit 2)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="connpin",
+        description="Pin each connection to the uplink it first used (nftables + policy routing).",
+    )
+    p.add_argument("-c", "--config", help="config file (default: $CONNPIN_CONFIG or "
+                   f"{model.DEFAULT_CONFIG})")
+    p.add_argument("--netns", metavar="NAME", help="run inside network namespace NAME")
+    p.add_argument("-V", "--version", action="version", version="connpin 0.1.0")
+    # -c/--netns also work after the command (`connpin plan -c FILE`)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--netns", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add = sub.add_parser
+
+    def add(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return _add(name, parents=[common], **kw)
+
+    sub.add_parser = add  # type: ignore[method-assign]
+
+    sp = sub.add_parser("plan", help="print what apply would install (no root, touches nothing)")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--live", action="store_true",
+                    help="read this machine (root) and print the changes apply would make")
+    sp = sub.add_parser("apply", help="install or update the pinning; safe to repeat")
+    sp.add_argument("-q", "--quiet", action="store_true")
+    for verb, what in (("up", "came up"), ("down", "is going away")):
+        sp = sub.add_parser(verb, help=f"hook entry: interface IFACE {what}")
+        sp.add_argument("iface", metavar="IFACE")
+    sp = sub.add_parser("status", help="what is pinned where; exit 3 when the kernel differs")
+    sp.add_argument("--json", action="store_true")
+    sub.add_parser("remove", help="remove everything connpin installed")
+    hp = sub.add_parser("hooks", help="install or remove hook scripts")
+    hp.add_argument("action", choices=["install", "remove"])
+    hp.add_argument("--ppp", action="store_true", help="pppd ip-up.d / ip-down.d")
+    hp.add_argument("--networkmanager", action="store_true", help="NetworkManager dispatcher")
+    hp.add_argument("--networkd", action="store_true", help="networkd-dispatcher")
+    hp.add_argument("--root", default="/", help="install under this directory (default /)")
+    lp = sub.add_parser("lab", help="a network lab in namespaces: demo, up, down, exec")
+    lp.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def _config_path(args: argparse.Namespace) -> str:
+    return args.config or os.environ.get("CONNPIN_CONFIG") or model.DEFAULT_CONFIG
+
+
+def _need_root(command: str) -> None:
+    if os.geteuid() != 0:
+        raise PermissionError(
+            f"{command} changes or reads the kernel's firewall and routing and needs root "
+            "(CAP_NET_ADMIN); `connpin plan` works without")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:
+        return EXIT_CONFIG if e.code not in (0, None) else 0
+    try:
+        return _dispatch(args)
+    except model.ConfigError as e:
+        print(f"connpin: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Usage as e:
+        print(f"connpin {args.command}: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except PermissionError as e:
+        print(f"connpin {args.command}: {e}", file=sys.stderr)
+        return EXIT_ROOT
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - runtime failures get one clear line
+        from connpin.reconcile import ApplyError
+
+        kind = "" if isinstance(e, ApplyError) else f"{type(e).__name__}: "
+        print(f"connpin {args.command}: failed: {kind}{e}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "lab":
+        from connpin.lab.cli import run as lab_run
+
+        return lab_run(args.args)
+    if args.command == "hooks":
+        return _hooks(args)
+    if args.command in ("up", "down") and not model.valid_ifname(args.iface):
+        raise Usage(f"{args.iface!r} is not a valid interface name")
+    config = model.load(_config_path(args))
+    if args.command == "plan" and not args.live:
+        from connpin import reconcile
+
+        return _plan(config, reconcile.run(config, reconcile.Imagined(), effects=False), args)
+    _need_root(args.command)
+    if args.netns:
+        from connpin.kernel import netns
+
+        netns.enter(args.netns)
+    if args.command == "status":
+        return _status(config, args)
+    return _change(config, args)
+
+
+def _machine() -> Any:
+    from connpin.kernel.machine import Kernel
+
+    return Kernel()
+
+
+def _change(config: model.Config, args: argparse.Namespace) -> int:
+    """plan --live, apply, up, down, remove: one reconcile under the namespace's lock."""
+    from connpin import reconcile
+    from connpin.kernel import state
+
+    cmd = args.command
+    if cmd in ("up", "down") and config.match(args.iface) is None:
+        print(f"connpin {cmd}: {args.iface} is not an uplink in {config.path}; nothing to do")
+        return 0
+    going_down = frozenset({args.iface}) if cmd == "down" else frozenset()
+    effects = cmd != "plan"
+    started = time.monotonic()
+    with state.locked():
+        kernel = _machine()
+        try:
+            result = reconcile.run(config, kernel, going_down=going_down,
+                                   remove=cmd == "remove", effects=effects)
+            if not effects:
+                return _plan(config, result, args)
+            left = reconcile.verify(config, kernel, going_down, remove=cmd == "remove")
+        finally:
+            kernel.close()
+    ms = (time.monotonic() - started) * 1000
+    quiet = getattr(args, "quiet", False)
+    for step in result.steps:
+        if not quiet:
+            print(f"  {step}")
+    what = f"{cmd} {args.iface}" if cmd in ("up", "down") else cmd
+    if left:
+        print(f"connpin {what}: kernel still differs from the plan after applying:",
+              file=sys.stderr)
+        for step in left:
+            print(f"  needs: {step}", file=sys.stderr)
+        return EXIT_FAIL
+    if not quiet:
+        n = len(result.steps)
+        print(f"connpin {what}: {n} change{'s' if n != 1 else ''}, verified ({ms:.0f} ms)"
+              if n else f"connpin {what}: nothing to change, kernel matches the plan")
+    return 0
+
+
+def _plan(config: model.Config, result: Any, args: argparse.Namespace) -> int:
+    from connpin.render import plan as render_plan
+
+    live = getattr(args, "live", False)
+    if args.json:
+        print(json.dumps(render_plan.as_dict(config, result, live), indent=2))
+    else:
+        sys.stdout.write(render_plan.text(config, result, live))
+    return 0
+
+
+def _status(config: model.Config, args: argparse.Namespace) -> int:
+    from connpin import reconcile
+    from connpin.render import status as render_status
+
+    kernel = _machine()
+    try:
+        result = reconcile.run(config, kernel, effects=False)
+    finally:
+        kernel.close()
+    report = render_status.build(config, result)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        sys.stdout.write(render_status.text(report))
+    return 0 if report["in_place"] else EXIT_DRIFT
+
+
+def _hooks(args: argparse.Namespace) -> int:
+    from connpin import hooks
+
+    kinds = [k for k in ("ppp", "networkmanager", "networkd") if getattr(args, k)]
+    if not kinds:
+        raise Usage("say which: --ppp, --networkmanager and/or --networkd")
+    if args.action == "install":
+        config = args.config or os.environ.get("CONNPIN_CONFIG")
+        if config:
+            model.load(config)  # refuse to install hooks for a config that would not load
+        for path in hooks.install(kinds, args.root, config):
+            print(f"installed {path}")
+    else:
+        for path in hooks.remove(kinds, args.root):
+            print(f"removed {path}")
+    return 0

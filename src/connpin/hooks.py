@@ -1,0 +1,87 @@
+"""Hook scripts for pppd, NetworkManager and networkd-dispatcher: tiny shell files that hand the
+interface name to `connpin up/down` as one argument, in a cleared environment. The name is never
+interpreted by a shell; connpin validates it."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+
+MARK = "# installed by connpin"
+
+
+@dataclass(frozen=True)
+class Hook:
+    path: str  # relative to the root
+    body: str  # the shell code after the header (uses $CONNPIN)
+
+
+PPP = (
+    Hook("etc/ppp/ip-up.d/connpin", '$CONNPIN up -- "$PPP_IFACE"\n'),
+    Hook("etc/ppp/ip-down.d/connpin", '$CONNPIN down -- "$PPP_IFACE"\n'),
+)
+NETWORKMANAGER = (
+    Hook("etc/NetworkManager/dispatcher.d/50-connpin",
+         'case "$2" in\n'
+         '  up|dhcp4-change|reapply|connectivity-change) $CONNPIN up -- "$1" ;;\n'
+         '  down|pre-down) $CONNPIN down -- "$1" ;;\n'
+         "esac\nexit 0\n"),
+)
+NETWORKD = (
+    Hook("etc/networkd-dispatcher/routable.d/50-connpin", '$CONNPIN up -- "$IFACE"\n'),
+    Hook("etc/networkd-dispatcher/off.d/50-connpin", '$CONNPIN down -- "$IFACE"\n'),
+    Hook("etc/networkd-dispatcher/no-carrier.d/50-connpin", '$CONNPIN down -- "$IFACE"\n'),
+)
+KINDS = {"ppp": PPP, "networkmanager": NETWORKMANAGER, "networkd": NETWORKD}
+
+
+def command(config: str | None) -> str:
+    """How a hook calls connpin: this Python, isolated (-I ignores PYTHON* variables)."""
+    argv = [sys.executable, "-I", "-m", "connpin"]
+    if config:
+        argv += ["-c", os.path.abspath(config)]
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def script(hook: Hook, config: str | None) -> str:
+    env = "env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    return (
+        f"#!/bin/sh\n{MARK}; `connpin hooks remove` deletes it.\n"
+        "# The interface name is passed as one quoted argument and validated by connpin;\n"
+        "# the environment is cleared and Python runs isolated.\n"
+        + hook.body.replace("$CONNPIN", f"exec {env} {command(config)}")
+    )
+
+
+def install(kinds: list[str], root: str = "/", config: str | None = None) -> list[str]:
+    written = []
+    for kind in kinds:
+        for hook in KINDS[kind]:
+            path = os.path.join(root, hook.path)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = path + ".connpin-new"
+            with open(tmp, "w") as f:
+                f.write(script(hook, config))
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, path)
+            written.append(path)
+    return written
+
+
+def remove(kinds: list[str], root: str = "/") -> list[str]:
+    """Delete only files that connpin wrote (they carry its marker line)."""
+    removed = []
+    for kind in kinds:
+        for hook in KINDS[kind]:
+            path = os.path.join(root, hook.path)
+            try:
+                with open(path) as f:
+                    if MARK not in f.read(4096):
+                        continue
+            except FileNotFoundError:
+                continue
+            os.unlink(path)
+            removed.append(path)
+    return removed

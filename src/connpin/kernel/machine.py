@@ -1,0 +1,82 @@
+"""The real machine behind reconcile: observe the slice connpin owns, execute one step at a time.
+All in the network namespace the process is in (the CLI enters `--netns` first)."""
+
+from __future__ import annotations
+
+from connpin import desired as D
+from connpin.kernel import nft as nftool
+from connpin.kernel import state, sysctl
+from connpin.kernel.netlink import Netlink
+from connpin.model import Config
+from connpin.reconcile import Installed, Step, sha
+from connpin.render import nft
+
+
+class Kernel:
+    """Observes and changes this namespace's kernel; remembers sysctl originals in /run."""
+
+    def __init__(self) -> None:
+        self.netlink = Netlink()
+        self.state = state.load()
+        self._table = "connpin"
+
+    def close(self) -> None:
+        self.netlink.close()
+
+    def observe(self, config: Config) -> tuple[D.Observed, Installed]:
+        self._table = config.pinning.nft_table
+        links = self.netlink.links()
+        keys = ["conf/all/rp_filter"]
+        for name in links:
+            if config.match(name) is not None:
+                keys += [f"conf/{name}/rp_filter", f"conf/{name}/src_valid_mark"]
+        keys += list(self.state.get("sysctls", {}))
+        values = {k: v for k in keys if (v := sysctl.read(k)) is not None}
+        observed = D.Observed(links, self.netlink.main_gateways(), values)
+        rule_range, table_range = D.owned(config)
+        listing = nftool.listing("inet", self._table)
+        nst = self.state.get("nft", {})
+        in_place = nst.get("ruleset") if listing is not None and sha(listing) == nst.get(
+            "listing") else None
+        installed = Installed(
+            rules=tuple(self.netlink.rules(rule_range)),
+            routes=tuple(self.netlink.routes(table_range)),
+            nft_listing=listing,
+            nft_in_place=in_place,
+            saved_sysctls=dict(self.state.get("sysctls", {})),
+        )
+        return observed, installed
+
+    def execute(self, step: Step) -> None:
+        if step.kind == "nft":
+            nftool.run(nft.transaction(self._table, step.obj))
+            self.state["nft"] = {}  # re-recorded by committed()
+        elif step.kind == "rule":
+            self.netlink.rule(step.op, step.obj)
+        elif step.kind == "route":
+            self.netlink.route(step.op, step.obj)
+        elif step.kind == "sysctl":
+            key, value = step.obj
+            saved = self.state.setdefault("sysctls", {})
+            if step.op == "set" and key not in saved and step.prev is not None:
+                saved[key] = step.prev
+            sysctl.write(key, value)
+            if step.op == "restore":
+                saved.pop(key, None)
+        else:
+            raise ValueError(step.kind)
+
+    def committed(self, config: Config, want: D.Desired) -> None:
+        """Remember what was verified to be in place, and forget sysctls of vanished links."""
+        listing = nftool.listing("inet", self._table)
+        if want.ruleset is not None and listing is not None:
+            self.state["nft"] = {"ruleset": sha(want.ruleset), "listing": sha(listing)}
+        else:
+            self.state.pop("nft", None)
+        saved = self.state.get("sysctls", {})
+        for key in list(saved):
+            if sysctl.read(key) is None:
+                saved.pop(key)
+        if want.ruleset is None and not saved:
+            self.state = {}
+        state.save(self.state)

@@ -1,0 +1,137 @@
+"""Links, addresses, rules and routes through rtnetlink (pyroute2). Observes and applies; decides
+nothing. Works in the network namespace of the calling thread."""
+
+from __future__ import annotations
+
+import socket
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from connpin.desired import MAIN_TABLE, Link, Route, Rule
+
+IFF_UP = 0x1
+_ACTIONS = {1: "lookup", 2: "goto", 3: "nop", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
+_ACTION_IDS = {v: k for k, v in _ACTIONS.items()}
+_UNSET32 = 0xFFFFFFFF
+RT_SCOPE_LINK = 253
+RT_SCOPE_NOWHERE = 255
+
+
+class NetlinkFailure(Exception):
+    pass
+
+
+class Netlink:
+    def __init__(self) -> None:
+        self.ipr = IPRoute()
+        self._names: dict[int, str] = {}
+
+    def close(self) -> None:
+        self.ipr.close()
+
+    # -- observe -----------------------------------------------------------------------------
+    def links(self) -> dict[str, Link]:
+        addrs: dict[int, list[str]] = {}
+        for a in self.ipr.get_addr(family=socket.AF_INET):
+            addrs.setdefault(a["index"], []).append(a.get_attr("IFA_LOCAL") or
+                                                    a.get_attr("IFA_ADDRESS"))
+        out: dict[str, Link] = {}
+        self._names = {}
+        for ln in self.ipr.get_links():
+            name = ln.get_attr("IFLA_IFNAME")
+            self._names[ln["index"]] = name
+            out[name] = Link(name, ln["index"], bool(ln["flags"] & IFF_UP),
+                             tuple(sorted(addrs.get(ln["index"], ()))))
+        return out
+
+    def _name(self, index: int | None) -> str:
+        if index is None:
+            return "?"
+        if index not in self._names:
+            self.links()
+        return self._names.get(index, f"if{index}")
+
+    def main_gateways(self) -> dict[str, str]:
+        """Per interface, the gateway of its best default route in the main table."""
+        best: dict[str, tuple[int, str]] = {}
+        for r in self.ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
+            if r["dst_len"] != 0 or r.get_attr("RTA_TABLE", r["table"]) != MAIN_TABLE:
+                continue
+            gw, oif = r.get_attr("RTA_GATEWAY"), r.get_attr("RTA_OIF")
+            if gw is None or oif is None:
+                continue
+            metric = r.get_attr("RTA_PRIORITY") or 0
+            name = self._name(oif)
+            if name not in best or metric < best[name][0]:
+                best[name] = (metric, gw)
+        return {k: v[1] for k, v in best.items()}
+
+    def rules(self, band: range) -> list[Rule]:
+        out = []
+        for r in self.ipr.get_rules(family=socket.AF_INET):
+            prio = r.get_attr("FRA_PRIORITY") or 0
+            if prio not in band:
+                continue
+            mask = r.get_attr("FRA_FWMASK")
+            mark = r.get_attr("FRA_FWMARK")
+            if mask is not None and mark is None:
+                mark = 0
+            sup = r.get_attr("FRA_SUPPRESS_PREFIXLEN")
+            out.append(Rule(
+                priority=prio,
+                action=_ACTIONS.get(r["action"], f"action{r['action']}"),
+                table=r.get_attr("FRA_TABLE") or r["table"] if r["action"] == 1 else 0,
+                fwmark=mark,
+                fwmask=mask if mark is not None else None,
+                goto=r.get_attr("FRA_GOTO"),
+                suppress_prefixlength=None if sup in (None, _UNSET32) else sup,
+            ))
+        return out
+
+    def routes(self, tables: range) -> list[Route]:
+        out = []
+        for r in self.ipr.route("dump", family=socket.AF_INET):
+            table = r.get_attr("RTA_TABLE") or r["table"]
+            if table not in tables:
+                continue
+            dst = r.get_attr("RTA_DST")
+            out.append(Route(table, self._name(r.get_attr("RTA_OIF")), r.get_attr("RTA_GATEWAY"),
+                             "default" if not r["dst_len"] else f"{dst}/{r['dst_len']}"))
+        return out
+
+    # -- apply -------------------------------------------------------------------------------
+    def _call(self, what: str, fn, *args, **kw) -> None:
+        try:
+            fn(*args, **kw)
+        except NetlinkError as e:
+            raise NetlinkFailure(e.args[1] if len(e.args) > 1 else str(e)) from None
+
+    def rule(self, op: str, rule: Rule) -> None:
+        kw: dict = {"priority": rule.priority, "action": _ACTION_IDS[rule.action],
+                    "family": socket.AF_INET}
+        if rule.action == "lookup":
+            kw["table"] = rule.table
+        if rule.fwmark is not None:
+            kw.update(fwmark=rule.fwmark, fwmask=rule.fwmask)
+        if rule.goto is not None:
+            kw["goto"] = rule.goto
+        if rule.suppress_prefixlength is not None:
+            kw["suppress_prefixlen"] = rule.suppress_prefixlength
+        self._call(f"ip rule {op} {rule}", self.ipr.rule, op, **kw)
+
+    def route(self, op: str, route: Route) -> None:
+        index = self.ipr.link_lookup(ifname=route.oif)
+        if op == "del" and route.dst != "default":
+            kw: dict = {"dst": route.dst, "table": route.table, "scope": RT_SCOPE_NOWHERE}
+        else:
+            if not index and op != "del":
+                raise NetlinkFailure(f"ip route {op} {route}: no interface {route.oif}")
+            kw = {"dst": "0.0.0.0/0", "table": route.table, "family": socket.AF_INET}
+            if index:
+                kw["oif"] = index[0]
+            if route.gateway:
+                kw["gateway"] = route.gateway
+            kw["scope"] = RT_SCOPE_NOWHERE if op == "del" else (
+                RT_SCOPE_LINK if not route.gateway else 0)
+        self._call(f"ip route {op} {route}", self.ipr.route, op, **kw)

@@ -1,0 +1,85 @@
+"""A reconcile result -> the text (or JSON) that `plan` prints. Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connpin.model import Config
+
+
+def _uplinks(result: Any) -> list[dict]:
+    return [
+        {
+            "uplink": s.uplink,
+            "interface": s.interface,
+            "mark": f"{s.slot.mark:#010x}",
+            "table": s.slot.table,
+            "up": s.up,
+            "state": s.reason,
+            "route": str(s.route) if s.route else None,
+            "masquerade": s.masquerade,
+        }
+        for s in result.desired.uplinks
+    ]
+
+
+def as_dict(config: Config, result: Any, live: bool) -> dict:
+    d = result.desired
+    out = {
+        "config": config.path,
+        "mark_mask": f"{config.pinning.mark_mask:#010x}",
+        "rule_priorities": [d.rule_range.start, d.rule_range.stop - 1],
+        "tables": [d.table_range.start, d.table_range.stop - 1],
+        "uplinks": _uplinks(result),
+        "nft": d.ruleset,
+        "rules": [str(r) for r in d.rules],
+        "routes": [str(r) for r in d.routes],
+        "sysctls": {k: v for k, v in d.sysctls},
+        "patterns": [u.interface for u in config.uplinks if u.is_pattern],
+    }
+    if live:
+        out["changes"] = [str(s) for s in result.steps]
+    return out
+
+
+def text(config: Config, result: Any, live: bool) -> str:
+    d = result.desired
+    lines = [f"# connpin plan for {config.path}"]
+    lines.append(f"# owns: marks {config.pinning.mark_mask:#010x}, rule priorities "
+                 f"{d.rule_range.start}..{d.rule_range.stop - 1}, tables "
+                 f"{d.table_range.start}..{d.table_range.stop - 1}, nft table inet {d.nft_table}")
+    lines.append("#")
+    rows = [("uplink", "interface", "mark", "table", "state", "masquerade")]
+    for u in _uplinks(result):
+        rows.append((u["uplink"], u["interface"], u["mark"], str(u["table"]), u["state"],
+                     "yes" if u["masquerade"] else "no"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        lines.append("#   " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for u in config.uplinks:
+        if u.is_pattern:
+            lines.append(f"#   {u.name}: each interface matching {u.interface!r} gets its own "
+                         "mark and table when it appears")
+    lines.append("#")
+    if live:
+        lines.append("# changes `connpin apply` would make on this machine now:")
+        lines += [f"{s}" for s in result.steps] or ["# none: the kernel matches the plan"]
+        lines.append("")
+        return "\n".join(lines)
+    lines.append(f"# 1. nftables, loaded as one transaction (`nft -f`), replacing table inet "
+                 f"{d.nft_table}:")
+    lines.append(d.ruleset.rstrip("\n"))
+    lines.append("")
+    lines.append("# 2. routing, through netlink (shown as iproute2 commands); rules and routes of an")
+    lines.append("#    uplink exist only while it is up:")
+    lines += [f"ip rule add {r}" for r in d.rules]
+    lines += [f"ip route add {r}" for r in d.routes]
+    lines.append("")
+    if config.pinning.sysctl:
+        lines.append("# 3. sysctls, on each uplink while it is up: rp_filter=2 (loose) where the "
+                     "effective value is 1 (strict),")
+        lines.append("#    and src_valid_mark=1; put back by `connpin remove` "
+                     "(pinning.sysctl = false leaves them alone)")
+    else:
+        lines.append("# 3. sysctls: left alone (pinning.sysctl = false)")
+    return "\n".join(lines) + "\n"

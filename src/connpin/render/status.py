@@ -1,0 +1,55 @@
+"""A reconcile result (effects off, real machine) -> the status report. Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connpin.model import Config
+
+
+def build(config: Config, result: Any) -> dict:
+    have_rules = set(result.installed.rules)
+    have_routes = set(result.installed.routes)
+    want_rules = {(r.fwmark, r.table): r for r in result.desired.rules if r.action == "lookup"
+                  and r.fwmark is not None}
+    uplinks = []
+    for s in result.desired.uplinks:
+        rule = want_rules.get((s.slot.mark, s.slot.table))
+        rule_ok = (rule in have_rules) if s.up else not any(
+            r.table == s.slot.table for r in have_rules)
+        route_ok = (s.route in have_routes) if s.up else not any(
+            r.table == s.slot.table for r in have_routes)
+        uplinks.append({
+            "uplink": s.uplink, "interface": s.interface, "up": s.up, "state": s.reason,
+            "mark": f"{s.slot.mark:#010x}", "table": s.slot.table,
+            "route": str(s.route) if s.route else None,
+            "rule_in_place": rule_ok, "route_in_place": route_ok,
+        })
+    drift = [str(s) for s in result.steps]
+    return {
+        "config": config.path,
+        "nft_table": f"inet {result.desired.nft_table}",
+        "nft_in_place": not any(s.kind == "nft" for s in result.steps),
+        "uplinks": uplinks,
+        "drift": drift,
+        "in_place": not drift,
+    }
+
+
+def text(report: dict) -> str:
+    rows = [("uplink", "interface", "state", "mark", "table", "rule", "route")]
+    for u in report["uplinks"]:
+        rows.append((u["uplink"], u["interface"], "up" if u["up"] else f"down ({u['state']})",
+                     u["mark"], str(u["table"]), "ok" if u["rule_in_place"] else "MISSING",
+                     "ok" if u["route_in_place"] else "MISSING"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.append(f"nft table {report['nft_table']}: "
+                 f"{'in place' if report['nft_in_place'] else 'NOT as planned'}")
+    if report["drift"]:
+        lines.append(f"kernel differs from the plan ({len(report['drift'])}); "
+                     "`connpin apply` would:")
+        lines += [f"  {d}" for d in report["drift"]]
+    else:
+        lines.append("kernel matches the plan")
+    return "\n".join(lines) + "\n"
