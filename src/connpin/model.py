@@ -23,8 +23,9 @@ RESERVED_TABLES = frozenset({0, 253, 254, 255})
 RESERVED_PRIORITIES = frozenset({0, 32766, 32767})
 
 _UPLINK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-# Kernel rule (dev_valid_name): 1..15 bytes, not "." or "..", no "/", ":" or whitespace.
-_IFNAME = re.compile(r"^[^/:\s*]{1,15}$")
+# The kernel (dev_valid_name) takes 1..15 bytes except "/", ":" and whitespace; connpin takes the
+# conservative subset that real interfaces use, so a name can never break nft quoting or a shell.
+_IFNAME = re.compile(r"^[A-Za-z0-9_.+-]{1,15}$")
 
 
 class ConfigError(Exception):
@@ -67,7 +68,8 @@ class Uplink:
 
     def matches(self, ifname: str) -> bool:
         if self.is_pattern:
-            return ifname.startswith(self.prefix) and len(ifname) > len(self.prefix)
+            return (ifname.startswith(self.prefix) and len(ifname) > len(self.prefix)
+                    and valid_ifname(ifname))
         return ifname == self.interface
 
 
@@ -192,8 +194,8 @@ def _uplink(path: str, i: int, raw: Any, pinning: Pinning) -> Uplink:
     if not isinstance(iface, str) or not valid_ifname(body):
         raise ConfigError(
             path, f"{where}.interface",
-            f"{iface!r} is not a valid interface name or pattern (1-15 characters, no '/', ':' "
-            "or spaces; a pattern ends with a single '*', like \"ppp*\")",
+            f"{iface!r} is not a valid interface name or pattern (1-15 letters, digits or "
+            "'_.+-'; a pattern ends with a single '*', like \"ppp*\")",
         )
     gateway = raw.get("gateway")
     if gateway is not None:

@@ -79,7 +79,7 @@ def cookie() -> str:
     """A per-boot unique id of the current network namespace (never reused, unlike inodes)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
-            return "%016x" % int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8),
-                                            "little")
+            raw = s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
+            return f"{int.from_bytes(raw, 'little'):016x}"
         except OSError:
-            return "ino%d" % os.stat("/proc/thread-self/ns/net").st_ino
+            return f"ino{os.stat('/proc/thread-self/ns/net').st_ino}"

@@ -55,7 +55,8 @@ def text(config: Config, result: Any, live: bool) -> str:
                      "yes" if u["masquerade"] else "no"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        lines.append("#   " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        cells = "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
+        lines.append(f"#   {cells}".rstrip())
     for u in config.uplinks:
         if u.is_pattern:
             lines.append(f"#   {u.name}: each interface matching {u.interface!r} gets its own "
@@ -70,8 +71,8 @@ def text(config: Config, result: Any, live: bool) -> str:
                  f"{d.nft_table}:")
     lines.append(d.ruleset.rstrip("\n"))
     lines.append("")
-    lines.append("# 2. routing, through netlink (shown as iproute2 commands); rules and routes of an")
-    lines.append("#    uplink exist only while it is up:")
+    lines.append("# 2. routing, through netlink (shown as iproute2 commands); an uplink's rule")
+    lines.append("#    and route exist only while it is up:")
     lines += [f"ip rule add {r}" for r in d.rules]
     lines += [f"ip route add {r}" for r in d.routes]
     lines.append("")
