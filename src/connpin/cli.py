@@ -114,6 +114,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("up", "down") and not model.valid_ifname(args.iface):
         raise Usage(f"{args.iface!r} is not a valid interface name")
     config = model.load(_config_path(args))
+    if args.command in ("up", "down") and config.match(args.iface) is None:
+        print(f"connpin {args.command}: {args.iface} is not an uplink in {config.path}; "
+              "nothing to do")
+        return 0
     if args.command == "plan" and not args.live:
         from connpin import reconcile
 
@@ -140,9 +144,6 @@ def _change(config: model.Config, args: argparse.Namespace) -> int:
     from connpin.kernel import state
 
     cmd = args.command
-    if cmd in ("up", "down") and config.match(args.iface) is None:
-        print(f"connpin {cmd}: {args.iface} is not an uplink in {config.path}; nothing to do")
-        return 0
     going_down = frozenset({args.iface}) if cmd == "down" else frozenset()
     effects = cmd != "plan"
     started = time.monotonic()

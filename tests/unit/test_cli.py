@@ -1,0 +1,129 @@
+"""CLI contract without the kernel: exit codes, one-line errors, hooks that never reach a shell."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from connpin import cli
+
+CONFIG = """
+[[uplink]]
+name = "isp-a"
+interface = "ppp0"
+masquerade = true
+"""
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    p = tmp_path / "connpin.toml"
+    p.write_text(CONFIG)
+    return str(p)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_plan_needs_no_root(capsys, cfg, monkeypatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    code, out, _ = run(capsys, "-c", cfg, "plan")
+    assert code == 0
+    assert "table inet connpin {" in out and "ip rule add priority 10000" in out
+    code, out2, _ = run(capsys, "plan", "-c", cfg)  # options after the command work too
+    assert code == 0 and out2 == out
+
+
+def test_plan_json(capsys, cfg) -> None:
+    import json
+
+    code, out, _ = run(capsys, "-c", cfg, "plan", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["uplinks"][0]["interface"] == "ppp0"
+    assert doc["rules"][0] == "priority 10000 fwmark 0x0/0xff0000 goto 10004"
+
+
+def test_config_from_environment(capsys, cfg, monkeypatch) -> None:
+    monkeypatch.setenv("CONNPIN_CONFIG", cfg)
+    code, out, _ = run(capsys, "plan")
+    assert code == 0 and cfg in out
+
+
+def test_bad_config_exits_2_with_one_line(capsys, tmp_path) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text('[[uplink]]\nname = "a"\ninterface = "eth 0"\n')
+    code, out, err = run(capsys, "-c", str(p), "apply")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1
+    assert err.startswith(f"connpin: {p}: uplink[0] (a).interface: 'eth 0' is not a valid")
+
+
+def test_missing_config(capsys, tmp_path) -> None:
+    code, _, err = run(capsys, "-c", str(tmp_path / "none.toml"), "plan")
+    assert code == 2 and "no such file" in err
+
+
+@pytest.mark.parametrize("name", ["ppp0;reboot", "$(id)", "a b", "x" * 16, "", "../x"])
+def test_bad_interface_name_is_refused(capsys, cfg, name) -> None:
+    code, _, err = run(capsys, "-c", cfg, "up", name)
+    assert code == 2 and "is not a valid interface name" in err
+
+
+def test_unknown_interface_is_fine_for_hooks(capsys, cfg) -> None:
+    code, out, _ = run(capsys, "-c", cfg, "down", "eth7")
+    assert code == 0 and "eth7 is not an uplink" in out
+
+
+def test_changing_commands_need_root(capsys, cfg, monkeypatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    for argv in (["apply"], ["remove"], ["status"], ["up", "ppp0"], ["plan", "--live"]):
+        code, _, err = run(capsys, "-c", cfg, *argv)
+        assert code == 4, argv
+        assert "needs root" in err and "connpin plan" in err
+
+
+def test_usage_error_exits_2(capsys) -> None:
+    assert cli.main(["frobnicate"]) == 2
+    assert cli.main(["hooks", "install"]) == 2
+
+
+def test_hooks_install_and_remove(capsys, cfg, tmp_path) -> None:
+    root = tmp_path / "root"
+    code, out, _ = run(capsys, "-c", cfg, "hooks", "install", "--ppp", "--networkmanager",
+                       "--root", str(root))
+    assert code == 0
+    up = root / "etc/ppp/ip-up.d/connpin"
+    assert os.access(up, os.X_OK)
+    assert '"$PPP_IFACE"' in up.read_text() and cfg in up.read_text()
+    assert (root / "etc/NetworkManager/dispatcher.d/50-connpin").exists()
+    mine = root / "etc/ppp/ip-up.d/someone-else"
+    mine.write_text("#!/bin/sh\n")
+    code, out, _ = run(capsys, "hooks", "remove", "--ppp", "--networkmanager", "--root",
+                       str(root))
+    assert code == 0 and not up.exists() and mine.exists()
+
+
+@pytest.mark.parametrize("hostile", ["ppp0; touch {f}", "$(touch {f})", "`touch {f}`",
+                                     "ppp0\ntouch {f}", "-c/etc/shadow"])
+def test_hook_never_passes_names_to_a_shell(capsys, cfg, tmp_path, hostile) -> None:
+    root = tmp_path / "root"
+    assert cli.main(["-c", cfg, "hooks", "install", "--ppp", "--root", str(root)]) == 0
+    canary = tmp_path / "pwned"
+    env = {"PATH": os.environ["PATH"], "PPP_IFACE": hostile.format(f=canary),
+           "PYTHONPATH": str(tmp_path), "PYTHONSTARTUP": str(tmp_path / "evil.py")}
+    (tmp_path / "connpin.py").write_text(f"open({str(canary)!r}, 'w')\n")  # shadowing attempt
+    p = subprocess.run([str(root / "etc/ppp/ip-up.d/connpin")], env=env, capture_output=True,
+                       text=True)
+    assert p.returncode == 2, p.stderr
+    assert "not a valid interface name" in p.stderr
+    assert not canary.exists()
+
+
+def test_python_m_connpin() -> None:
+    p = subprocess.run([sys.executable, "-m", "connpin", "--version"], capture_output=True,
+                       text=True)
+    assert p.returncode == 0 and "connpin" in p.stdout
