@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -11,8 +12,9 @@ class NftFailure(Exception):
 
 
 def _nft() -> str:
-    exe = shutil.which("nft") or next(
-        (p for p in ("/usr/sbin/nft", "/sbin/nft") if shutil.os.path.exists(p)), None)
+    """The nft tool: $CONNPIN_NFT, else nft on PATH or in the sbin directories."""
+    exe = os.environ.get("CONNPIN_NFT") or shutil.which("nft") or next(
+        (p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p)), None)
     if exe is None:
         raise NftFailure("the nft tool is not installed (apt install nftables)")
     return exe
