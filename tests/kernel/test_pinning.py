@@ -140,7 +140,7 @@ FOREIGN = """
 table inet foreign {
     counter kept { }
     chain early {
-        type filter hook prerouting priority -300; policy accept;
+        type filter hook prerouting priority -160; policy accept;
         meta mark set meta mark or 0x0000ca6c
         ct mark set ct mark or 0x00000100
     }

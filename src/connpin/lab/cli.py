@@ -1,0 +1,127 @@
+"""`connpin lab ...`: demo, up, down, exec, list. The main CLI hands its remaining argv here."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+
+from connpin.lab.core import Lab, LabError, _ip_binary, down_all, list_labs, read_state
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="connpin lab",
+                                description="A network lab in namespaces (needs root).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="tell the story without and with connpin")
+    d.add_argument("--keep", action="store_true", help="leave the connpin lab running")
+    d.add_argument("--uplinks", default="ppp,ppp", help="uplink kinds, e.g. ppp,eth")
+    u = sub.add_parser("up", help="build a lab and leave it running")
+    u.add_argument("--uplinks", default="ppp,ppp", help="uplink kinds, e.g. ppp,eth")
+    u.add_argument("--masquerade", action="store_true",
+                   help="masquerade in the lab's own firewall (no connpin needed)")
+    u.add_argument("--connect", default="", help="uplinks to bring up, e.g. 2,1")
+    dn = sub.add_parser("down", help="remove a kept lab (default: every lab)")
+    dn.add_argument("prefix", nargs="?", default="cpl-")
+    sub.add_parser("list", help="the labs present")
+    e = sub.add_parser("exec", help="run a command in a host of a kept lab")
+    e.add_argument("--lab", help="lab prefix (default: the only lab present)")
+    e.add_argument("host", help="lan, router, net, isp1, ...")
+    e.add_argument("argv", nargs=argparse.REMAINDER)
+    return p
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in text.split(",") if k.strip())
+
+
+def _need_root() -> int | None:
+    if os.geteuid() != 0:
+        print("connpin lab: the lab builds network namespaces, which needs root (try sudo).\n"
+              "Without root you can still see what connpin would install:\n"
+              "  connpin plan -c examples/pppoe-multi.toml", file=sys.stderr)
+        return EXIT_FAIL
+    for tool in ("nft", "conntrack"):
+        if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
+            print(f"connpin lab: `{tool}` is not installed (apt-get install nftables "
+                  "conntrack)", file=sys.stderr)
+            return EXIT_FAIL
+    return None
+
+
+def run(argv: list[str]) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:
+        return EXIT_USAGE if e.code not in (0, None) else EXIT_OK
+    if args.cmd == "list":
+        for prefix in list_labs():
+            st = read_state(prefix) or {}
+            up = ",".join(map(str, st.get("up", []))) or "-"
+            print(f"{prefix}  uplinks={','.join(st.get('uplinks', ['?']))}  up={up}")
+        return EXIT_OK
+    if (err := _need_root()) is not None:
+        return err
+    try:
+        if args.cmd == "demo":
+            from connpin.lab import demo
+
+            return demo.main(_kinds(args.uplinks), keep=args.keep)
+        if args.cmd == "up":
+            return _up(args)
+        if args.cmd == "down":
+            removed = down_all(args.prefix)
+            print(f"removed {len(removed)} namespace(s)" + (": " + " ".join(removed)
+                                                           if removed else ""))
+            return EXIT_OK
+        if args.cmd == "exec":
+            return _exec(args)
+    except (LabError, ValueError, subprocess.CalledProcessError) as e:
+        print(f"connpin lab {args.cmd}: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_USAGE
+
+
+def _up(args: argparse.Namespace) -> int:
+    lab = Lab(uplinks=_kinds(args.uplinks), lab_masquerade=args.masquerade)
+    with lab:
+        for k in _kinds(args.connect):
+            lab.uplink_up(int(k))
+        lab.keep()
+    print(f"lab {lab.prefix} is up (uplinks: "
+          f"{', '.join(f'isp{k}={lab.iface(k)}' for k in lab.ks)}; config {lab.config_path})\n"
+          f"  connpin lab exec router -- ip route\n"
+          f"  connpin lab down {lab.prefix}")
+    return EXIT_OK
+
+
+def _exec(args: argparse.Namespace) -> int:
+    labs = [args.lab] if args.lab else list_labs()
+    if not labs:
+        raise LabError("no lab is running (start one with `connpin lab up` or "
+                       "`connpin lab demo --keep`)")
+    if len(labs) > 1:
+        raise LabError(f"several labs are running ({', '.join(labs)}): choose one with --lab")
+    prefix = labs[0]
+    st = read_state(prefix) or {}
+    name = st.get("namespaces", {}).get(args.host, f"{prefix}-{args.host}")
+    if not os.path.exists(f"/run/netns/{name}"):
+        hosts = ", ".join(st.get("namespaces", {})) or "?"
+        raise LabError(f"lab {prefix} has no host {args.host!r} (hosts: {hosts})")
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise LabError("no command given: connpin lab exec HOST -- CMD...")
+    env = dict(os.environ)
+    # this connpin first on PATH, and the lab's config by default
+    env["PATH"] = os.path.dirname(sys.executable) + ":" + env.get("PATH", "/usr/bin:/bin")
+    if st.get("config_path"):
+        env.setdefault("CONNPIN_CONFIG", st["config_path"])
+    ip = _ip_binary()
+    os.execve(ip, [ip, "netns", "exec", name, *argv], env)
+    return EXIT_FAIL  # not reached
