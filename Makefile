@@ -7,17 +7,17 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 SYSPKGS := nftables:nft conntrack:conntrack iproute2:ip procps:sysctl
 
-.PHONY: test unit lint demo bench sysdeps venv clean
+.PHONY: test unit lint demo sysdeps venv clean
 
 test: sysdeps $(STAMP)
-	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff check src tests
 	$(PY) -m pytest -q -p no:cacheprovider
 
 unit: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff check src tests
 
 demo:
 	@if [ "$$(id -u)" != 0 ]; then \
@@ -27,9 +27,6 @@ demo:
 	  exit 1; fi
 	@$(MAKE) --no-print-directory sysdeps $(STAMP)
 	$(VENV)/bin/connpin lab demo
-
-bench: sysdeps $(STAMP)
-	$(PY) bench/run.py
 
 # Install the system tools that are missing (only as root, only with apt).
 sysdeps:
