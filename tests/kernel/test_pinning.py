@@ -8,6 +8,7 @@ and an internet server. ISP 1 is the preferred uplink (lower metric), ISP 2 the 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -133,6 +134,55 @@ def test_5_new_connections_fail_over_when_the_pinned_uplink_goes_down() -> None:
         assert lab.uplink_of(lab.connect()) == 2
         lab.uplink_up(1)
         assert lab.uplink_of(lab.connect()) == 1
+        assert_status_ok(lab)
+
+
+SNAT = """
+table ip admin_snat {
+    chain out {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "ppp0" snat to 100.64.1.2
+        oifname "ppp1" snat to 100.64.2.2
+    }
+}
+"""
+
+
+def test_5b_pinned_connection_fails_closed_when_its_uplink_is_gone() -> None:
+    """SNATed connections outlive their uplink in conntrack: they must not leak via another."""
+    with pinned(config=None) as lab:
+        lab.write_config(lab.default_config(masquerade=False))
+        lab.exec("router", ["nft", "-f", "-"], input=SNAT)
+        lab.connpin("apply")
+        lab.uplink_up(1)
+        lab.uplink_up(2)
+        probe = lab.probe()
+        try:
+            assert probe.wait_rounds(3, 5.0) and lab.uplink_of(probe.peer) == 1
+            before = lab.netstat("isp2").get("TcpExt.IPReversePathFilter", 0)
+            lab.uplink_down(1)
+            assert not probe.wait_rounds(2, 1.5)
+            leaked = lab.netstat("isp2").get("TcpExt.IPReversePathFilter", 0) - before
+            assert leaked == 0, f"{leaked} packets with ISP 1's address reached ISP 2"
+            # the test can tell: without connpin's unreachable rule they do leak
+            lab.exec("router", ["ip", "rule", "del", "priority", "10003"])
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and lab.netstat("isp2").get(
+                    "TcpExt.IPReversePathFilter", 0) == before:
+                time.sleep(0.05)
+            assert lab.netstat("isp2").get("TcpExt.IPReversePathFilter", 0) > before
+        finally:
+            probe.close()
+
+
+def test_5c_down_after_the_interface_is_gone() -> None:
+    with Lab(uplinks=("ppp", "ppp")) as lab:
+        lab.write_config(lab.default_config(masquerade=True))
+        lab.uplink_up(1)
+        lab.connpin("apply")
+        lab.uplink_down(1)  # no hooks installed: the interface just vanishes
+        p = lab.connpin("down", "ppp0")
+        assert p.returncode == 0
         assert_status_ok(lab)
 
 

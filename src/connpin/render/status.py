@@ -25,8 +25,12 @@ def build(config: Config, result: Any) -> dict:
             "route": str(s.route) if s.route else None,
             "rule_in_place": rule_ok, "route_in_place": route_ok,
         })
+    present = {u["uplink"] for u in uplinks}
+    waiting = [{"uplink": u.name, "pattern": u.interface} for u in config.uplinks
+               if u.is_pattern and u.name not in present]
     drift = [str(s) for s in result.steps]
     return {
+        "patterns_without_interfaces": waiting,
         "config": config.path,
         "nft_table": f"inet {result.desired.nft_table}",
         "nft_in_place": not any(s.kind == "nft" for s in result.steps),
@@ -44,6 +48,8 @@ def text(report: dict) -> str:
                      "ok" if u["route_in_place"] else "MISSING"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    for w in report["patterns_without_interfaces"]:
+        lines.append(f"{w['uplink']}: no interface matches {w['pattern']!r} yet")
     lines.append(f"nft table {report['nft_table']}: "
                  f"{'in place' if report['nft_in_place'] else 'NOT as planned'}")
     if report["drift"]:
