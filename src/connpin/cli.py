@@ -126,7 +126,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.netns:
         from connpin.kernel import netns
 
-        netns.enter(args.netns)
+        try:
+            netns.enter(args.netns)
+        except netns.NetnsError as e:
+            raise Usage(str(e)) from None
     if args.command == "status":
         return _status(config, args)
     return _change(config, args)

@@ -32,14 +32,14 @@ class Step:
     """One change to the machine; `prev` is what undoing it puts back."""
 
     kind: str  # sysctl | nft | route | rule
-    op: str  # add | del | replace | set | restore
+    op: str  # add | del | replace | set | restore; for nft: the table's name
     obj: Any
     prev: Any = None
 
     def __str__(self) -> str:
         if self.kind == "nft":
-            what = "delete" if self.obj is None else "replace"
-            return f"nft {what} table (one transaction)"
+            what = "delete table" if self.obj is None else "replace table"
+            return f"nft {what} inet {self.op} (one transaction)"
         if self.kind == "sysctl":
             key, value = self.obj
             verb = "restore" if self.op == "restore" else "set"
@@ -73,7 +73,7 @@ def diff(want: D.Desired, observed: D.Observed, have: Installed) -> list[Step]:
     if want.ruleset is not None and (
         have.nft_listing is None or have.nft_in_place != sha(want.ruleset)
     ):
-        steps.append(Step("nft", "replace", want.ruleset, have.nft_listing))
+        steps.append(Step("nft", want.nft_table, want.ruleset, have.nft_listing))
 
     have_routes = set(have.routes)
     current = {r.table: r for r in have.routes if r.dst == "default"}
@@ -97,7 +97,7 @@ def diff(want: D.Desired, observed: D.Observed, have: Installed) -> list[Step]:
         if key not in wanted_keys and key in observed.sysctls:
             steps.append(Step("sysctl", "restore", (key, original), observed.sysctls[key]))
     if want.ruleset is None and have.nft_listing is not None:
-        steps.append(Step("nft", "replace", None, have.nft_listing))
+        steps.append(Step("nft", want.nft_table, None, have.nft_listing))
     return steps
 
 
@@ -110,7 +110,7 @@ def undo(step: Step) -> Step:
         return Step("route", "del" if step.op == "add" else "add", step.obj)
     if step.kind == "sysctl":
         return Step("sysctl", "set", (step.obj[0], step.prev), step.obj[1])
-    return Step("nft", "replace", step.prev, step.obj)
+    return Step("nft", step.op, step.prev, step.obj)
 
 
 @dataclass

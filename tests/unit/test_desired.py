@@ -86,7 +86,7 @@ def test_diff_is_empty_when_installed_matches() -> None:
 def test_diff_orders_routes_before_rules_and_removes_stale() -> None:
     want = D.compute(CFG, observed())
     steps = [str(s) for s in reconcile.diff(want, observed(), Installed())]
-    assert steps[0].startswith("nft replace")
+    assert steps[0].startswith("nft replace table inet connpin")
     first_rule = next(i for i, s in enumerate(steps) if s.startswith("ip rule"))
     assert all(s.startswith("ip route add") for s in steps[1:first_rule])
     # uplink a goes away: its rule goes before its route
@@ -113,7 +113,7 @@ def test_remove_is_built_from_the_same_slice() -> None:
     assert kinds.count(("rule", "del")) == len(want.rules)
     assert kinds.count(("route", "del")) == len(want.routes)
     assert ("sysctl", "restore") in kinds
-    assert kinds[-1] == ("nft", "replace") and steps[-1].obj is None
+    assert kinds[-1] == ("nft", "connpin") and steps[-1].obj is None
 
 
 def test_foreign_rules_in_band_are_drift() -> None:
