@@ -25,6 +25,7 @@ class Installed:
     nft_listing: str | None = None
     nft_in_place: str | None = None  # sha of the ruleset the table was last verified to hold
     saved_sysctls: dict[str, int] = field(default_factory=dict)
+    stale_nft: tuple[tuple[str, str], ...] = ()  # (name, listing) of connpin's former tables
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ def diff(want: D.Desired, observed: D.Observed, have: Installed) -> list[Step]:
             steps.append(Step("sysctl", "restore", (key, original), observed.sysctls[key]))
     if want.ruleset is None and have.nft_listing is not None:
         steps.append(Step("nft", want.nft_table, None, have.nft_listing))
+    steps += [Step("nft", name, None, listing) for name, listing in have.stale_nft]
     return steps
 
 

@@ -7,6 +7,7 @@ and an internet server. ISP 1 is the preferred uplink (lower metric), ISP 2 the 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -243,6 +244,23 @@ def test_8b_mixed_ppp_and_ethernet_backup() -> None:
         story_inbound(lab)
 
 
+def test_8c_gateway_auto_follows_a_dhcp_renumbering() -> None:
+    with pinned(uplinks=("eth", "eth")) as lab:
+        lab.uplink_up(1)
+        table = lab.connpin("plan", "--json")
+        tid = {u["interface"]: u["table"] for u in json.loads(table.stdout)["uplinks"]}["wan1"]
+        shown = lab.exec("router", ["ip", "route", "show", "table", str(tid)]).stdout
+        assert "via 198.51.100.17 dev wan1" in shown
+        # the DHCP client moves the default route to another gateway, then calls the hook
+        lab.exec("router", ["ip", "route", "replace", "default", "via", "198.51.100.19",
+                            "dev", "wan1", "metric", "10"])
+        p = lab.connpin("up", "wan1")
+        assert "ip route replace default via 198.51.100.19 dev wan1" in p.stdout
+        shown = lab.exec("router", ["ip", "route", "show", "table", str(tid)]).stdout
+        assert "via 198.51.100.19 dev wan1" in shown and "198.51.100.17" not in shown
+        assert_status_ok(lab)
+
+
 def _snapshot(lab: Lab) -> dict[str, str]:
     def run(*argv: str) -> str:
         return lab.exec("router", list(argv)).stdout
@@ -280,6 +298,26 @@ def test_9_apply_is_idempotent_and_remove_restores_everything() -> None:
         lab.connpin("remove")
         assert _snapshot(lab) == before
         assert "nothing to change" in lab.connpin("remove").stdout
+
+
+def test_9c_changing_connpins_slice_moves_everything() -> None:
+    """New priorities, tables and table name: what was installed under the old ones goes."""
+    with Lab(uplinks=("ppp", "ppp")) as lab:
+        lab.uplink_up(1)
+        lab.uplink_up(2)
+        before = _snapshot(lab)
+        lab.write_config(lab.default_config(masquerade=True))
+        lab.connpin("apply")
+        lab.write_config(lab.default_config(masquerade=True, rule_priority=20000,
+                                            table_base=2000, nft_table="pins"))
+        lab.connpin("apply")
+        after = _snapshot(lab)
+        assert "table inet connpin" not in after["nft"] and "table inet pins" in after["nft"]
+        assert "10000:" not in after["rules"] and "20000:" in after["rules"]
+        assert " table 1" not in after["routes"] and " table 2" in after["routes"]
+        assert_status_ok(lab)
+        lab.connpin("remove")
+        assert _snapshot(lab) == before
 
 
 def test_9b_a_failed_apply_keeps_the_previous_state(tmp_path) -> None:

@@ -127,3 +127,23 @@ def test_python_m_connpin() -> None:
     p = subprocess.run([sys.executable, "-m", "connpin", "--version"], capture_output=True,
                        text=True)
     assert p.returncode == 0 and "connpin" in p.stdout
+
+
+def test_networkd_and_networkmanager_hooks_map_actions(capsys, cfg, tmp_path) -> None:
+    root = tmp_path / "root"
+    assert cli.main(["-c", cfg, "hooks", "install", "--networkd", "--networkmanager",
+                     "--root", str(root)]) == 0
+    nd = root / "etc/networkd-dispatcher"
+    assert ' up -- "$IFACE"' in (nd / "routable.d/50-connpin").read_text()
+    for state in ("off.d", "no-carrier.d"):
+        assert ' down -- "$IFACE"' in (nd / state / "50-connpin").read_text()
+    nm = (root / "etc/NetworkManager/dispatcher.d/50-connpin").read_text()
+    assert 'dhcp4-change' in nm and 'up -- "$1"' in nm and 'down -- "$1"' in nm
+    # an interface that is no uplink: the hook succeeds quietly (hooks run for every interface)
+    env = {"PATH": os.environ["PATH"]}
+    p = subprocess.run([str(root / "etc/NetworkManager/dispatcher.d/50-connpin"), "eth9", "up"],
+                       env=env, capture_output=True, text=True)
+    assert p.returncode == 0 and "not an uplink" in p.stdout
+    p = subprocess.run([str(root / "etc/NetworkManager/dispatcher.d/50-connpin"), "eth9",
+                        "hostname"], env=env, capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout == ""

@@ -34,22 +34,36 @@ class Kernel:
         values = {k: v for k in keys if (v := sysctl.read(k)) is not None}
         observed = D.Observed(links, self.netlink.main_gateways(), values)
         rule_range, table_range = D.owned(config)
+        # After a change of pinning.* ranges or table name, what connpin installed under the old
+        # ones is still its own: observe it too, so the diff removes it.
+        old = self.state.get("slice", {})
+        rule_ranges, table_ranges = [rule_range], [table_range]
+        if old.get("rules") and range(*old["rules"]) != rule_range:
+            rule_ranges.append(range(*old["rules"]))
+        if old.get("tables") and range(*old["tables"]) != table_range:
+            table_ranges.append(range(*old["tables"]))
+        stale = ()
+        former = old.get("nft_table")
+        if former not in (None, self._table) and (
+                gone := nftool.listing("inet", former)) is not None:
+            stale = ((former, gone),)
         listing = nftool.listing("inet", self._table)
         nst = self.state.get("nft", {})
         in_place = nst.get("ruleset") if listing is not None and sha(listing) == nst.get(
             "listing") else None
         installed = Installed(
-            rules=tuple(self.netlink.rules(rule_range)),
-            routes=tuple(self.netlink.routes(table_range)),
+            rules=tuple(self.netlink.rules(*rule_ranges)),
+            routes=tuple(self.netlink.routes(*table_ranges)),
             nft_listing=listing,
             nft_in_place=in_place,
             saved_sysctls=dict(self.state.get("sysctls", {})),
+            stale_nft=stale,
         )
         return observed, installed
 
     def execute(self, step: Step) -> None:
         if step.kind == "nft":
-            nftool.run(nft.transaction(self._table, step.obj))
+            nftool.run(nft.transaction(step.op, step.obj))
             self.state["nft"] = {}  # re-recorded by committed()
         elif step.kind == "rule":
             self.netlink.rule(step.op, step.obj)
@@ -71,8 +85,14 @@ class Kernel:
         listing = nftool.listing("inet", self._table)
         if want.ruleset is not None and listing is not None:
             self.state["nft"] = {"ruleset": sha(want.ruleset), "listing": sha(listing)}
+            self.state["slice"] = {
+                "rules": [want.rule_range.start, want.rule_range.stop],
+                "tables": [want.table_range.start, want.table_range.stop],
+                "nft_table": want.nft_table,
+            }
         else:
             self.state.pop("nft", None)
+            self.state.pop("slice", None)
         saved = self.state.get("sysctls", {})
         for key in list(saved):
             if sysctl.read(key) is None:

@@ -67,11 +67,12 @@ class Netlink:
                 best[name] = (metric, gw)
         return {k: v[1] for k, v in best.items()}
 
-    def rules(self, band: range) -> list[Rule]:
+    def rules(self, *bands: range) -> list[Rule]:
+        """IPv4 rules whose priority lies in one of `bands`."""
         out = []
         for r in self.ipr.get_rules(family=socket.AF_INET):
             prio = r.get_attr("FRA_PRIORITY") or 0
-            if prio not in band:
+            if not any(prio in band for band in bands):
                 continue
             mask = r.get_attr("FRA_FWMASK")
             mark = r.get_attr("FRA_FWMARK")
@@ -89,11 +90,12 @@ class Netlink:
             ))
         return out
 
-    def routes(self, tables: range) -> list[Route]:
+    def routes(self, *tables: range) -> list[Route]:
+        """IPv4 routes of the tables in `tables`."""
         out = []
         for r in self.ipr.route("dump", family=socket.AF_INET):
             table = r.get_attr("RTA_TABLE") or r["table"]
-            if table not in tables:
+            if not any(table in t for t in tables):
                 continue
             dst = r.get_attr("RTA_DST")
             out.append(Route(table, self._name(r.get_attr("RTA_OIF")), r.get_attr("RTA_GATEWAY"),
