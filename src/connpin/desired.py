@@ -37,7 +37,7 @@ class Observed:
     imagined: bool = False  # True for `plan`: every exact uplink is assumed up
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Rule:
     """One ip rule in connpin's band; str() is the iproute2 spelling."""
 
@@ -48,6 +48,12 @@ class Rule:
     fwmask: int | None = None
     goto: int | None = None
     suppress_prefixlength: int | None = None
+
+    def key(self) -> tuple:
+        """Sort key (kernel order first); unset fields sort first, never compared with None."""
+        return (self.priority, self.action, self.table, *(
+            -1 if v is None else v
+            for v in (self.fwmark, self.fwmask, self.goto, self.suppress_prefixlength)))
 
     def __str__(self) -> str:
         s = f"priority {self.priority}"
@@ -64,7 +70,7 @@ class Rule:
         return s
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Route:
     """A default route in one of connpin's tables; str() is the iproute2 spelling."""
 
@@ -72,6 +78,9 @@ class Route:
     oif: str
     gateway: str | None = None  # None: point-to-point (`default dev`)
     dst: str = "default"  # only drift found in connpin's tables is ever anything else
+
+    def key(self) -> tuple:
+        return (self.table, self.dst, self.oif, self.gateway or "")
 
     def __str__(self) -> str:
         via = f"via {self.gateway} " if self.gateway else ""
@@ -103,7 +112,6 @@ class Desired:
     sysctls: tuple[tuple[str, int], ...]
     rule_range: range
     table_range: range
-    mark_mask: int
 
 
 def owned(config: Config) -> tuple[range, range]:
@@ -204,17 +212,19 @@ def compute(config: Config, observed: Observed,
         nft_table=config.pinning.nft_table,
         ruleset=nft.render(config, states),
         uplinks=tuple(states),
-        rules=tuple(sorted(rules)),
-        routes=tuple(sorted(routes)),
+        rules=tuple(sorted(rules, key=sort_key)),
+        routes=tuple(sorted(routes, key=sort_key)),
         sysctls=tuple(_sysctls(config, states, observed)),
         rule_range=rule_range,
         table_range=table_range,
-        mark_mask=config.pinning.mark_mask,
     )
+
+
+def sort_key(obj: Rule | Route) -> tuple:
+    return obj.key()
 
 
 def nothing(config: Config) -> Desired:
     """The state `remove` converges to: none of connpin's objects, built from the same slice."""
     rule_range, table_range = owned(config)
-    return Desired(config.pinning.nft_table, None, (), (), (), (), rule_range, table_range,
-                   config.pinning.mark_mask)
+    return Desired(config.pinning.nft_table, None, (), (), (), (), rule_range, table_range)

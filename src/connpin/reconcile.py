@@ -89,9 +89,11 @@ def diff(want: D.Desired, observed: D.Observed, have: Installed) -> list[Step]:
             steps.append(Step("route", "add", r))
 
     want_rules, have_rules = Counter(want.rules), Counter(have.rules)
-    steps += [Step("rule", "add", r) for r in sorted((want_rules - have_rules).elements())]
-    steps += [Step("rule", "del", r) for r in sorted((have_rules - want_rules).elements())]
-    steps += [Step("route", "del", r) for r in sorted(have_routes - set(want.routes) - replaced)]
+    key = D.sort_key
+    steps += [Step("rule", "add", r) for r in sorted((want_rules - have_rules).elements(), key=key)]
+    steps += [Step("rule", "del", r) for r in sorted((have_rules - want_rules).elements(), key=key)]
+    steps += [Step("route", "del", r)
+              for r in sorted(have_routes - set(want.routes) - replaced, key=key)]
 
     wanted_keys = {k for k, _ in want.sysctls}
     for key, original in sorted(have.saved_sysctls.items()):
@@ -121,7 +123,6 @@ class Result:
     observed: D.Observed
     installed: Installed
     steps: list[Step]
-    applied: bool = False
 
 
 def run(config: Config, machine: Machine, *, going_down: frozenset[str] = frozenset(),
@@ -149,7 +150,6 @@ def run(config: Config, machine: Machine, *, going_down: frozenset[str] = frozen
             raise ApplyError(step, str(e), failed) from None
         done.append(step)
     machine.committed(config, want)
-    result.applied = True
     return result
 
 

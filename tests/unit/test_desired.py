@@ -128,3 +128,16 @@ def test_duplicate_rules_are_collapsed() -> None:
     want = D.compute(CFG, observed())
     have = Installed(want.rules + want.rules[:1], want.routes, "l", reconcile.sha(want.ruleset))
     assert len(reconcile.diff(want, observed(), have)) == 1
+
+
+def test_drift_that_differs_only_in_unset_fields_sorts() -> None:
+    want = D.compute(CFG, observed())
+    lookup = next(r for r in want.rules if r.fwmark)
+    twin = D.Rule(lookup.priority, "lookup", table=lookup.table)  # same, but no fwmark
+    route = want.routes[0]
+    other = D.Route(route.table, route.oif, "192.0.2.9" if route.gateway is None else None,
+                    "10.0.0.0/8")
+    have = Installed(want.rules + (twin,), want.routes + (other,), "l",
+                     reconcile.sha(want.ruleset))
+    steps = [str(s) for s in reconcile.diff(want, observed(), have)]
+    assert steps == [f"ip rule del {twin}", f"ip route del {other}"]

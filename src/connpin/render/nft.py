@@ -28,10 +28,8 @@ def body(config: Config, uplinks: Sequence[UplinkState]) -> str:
     keep = _hex(~mask & 0xFFFFFFFF)
     name = config.pinning.nft_table
     ifmap = ",\n\t\t\t".join(f'"{u.interface}" : jump pin_{u.slot.index}' for u in uplinks)
-    markmap = ",\n\t\t\t".join(
-        f"{_hex(m)} : jump restore_{i}"
-        for i, m in sorted({(u.slot.index, u.slot.mark) for u in uplinks})
-    )
+    markmap = ",\n\t\t\t".join(f"{_hex(u.slot.mark)} : jump restore_{u.slot.index}"
+                                  for u in uplinks)
     masq = sorted({u.interface for u in uplinks if u.masquerade})
     out = [f"table inet {name} {{"]
     out.append("\t# interface of a new connection -> its uplink's pin chain")
@@ -47,13 +45,8 @@ def body(config: Config, uplinks: Sequence[UplinkState]) -> str:
     if masq:
         elems = ", ".join(f'"{i}"' for i in masq)
         out.append(f"\tset masq_ifaces {{\n\t\ttype ifname\n\t\telements = {{ {elems} }}\n\t}}\n")
-    done: set[int] = set()
-    for u in uplinks:
-        if u.slot.index in done:
-            continue
-        done.add(u.slot.index)
-        who = ", ".join(f"{x.uplink} ({x.interface})" for x in uplinks if x.slot == u.slot)
-        out.append(f"\t# {who}: {_hex(u.slot.mark)}, table {u.slot.table}")
+    for u in uplinks:  # one slot per interface: alloc never gives two the same mark
+        out.append(f"\t# {u.uplink} ({u.interface}): {_hex(u.slot.mark)}, table {u.slot.table}")
         out.append(f"\tchain pin_{u.slot.index} {{\n"
                    f"\t\tct mark set ct mark and {keep} or {_hex(u.slot.mark)}\n\t}}\n")
         out.append(f"\tchain restore_{u.slot.index} {{\n"
