@@ -147,3 +147,10 @@ def test_networkd_and_networkmanager_hooks_map_actions(capsys, cfg, tmp_path) ->
     p = subprocess.run([str(root / "etc/NetworkManager/dispatcher.d/50-connpin"), "eth9",
                         "hostname"], env=env, capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout == ""
+
+
+def test_lab_needs_root_like_the_rest(capsys, monkeypatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert cli.main(["lab", "demo"]) == 4
+    err = capsys.readouterr().err
+    assert "needs root" in err and "connpin plan -c examples/" in err

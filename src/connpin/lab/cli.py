@@ -10,7 +10,7 @@ import sys
 
 from connpin.lab.core import Lab, LabError, _ip_binary, down_all, list_labs, read_state
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_ROOT = 0, 1, 2, 4  # as connpin's own CLI
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +44,7 @@ def _need_root() -> int | None:
         print("connpin lab: the lab builds network namespaces, which needs root (try sudo).\n"
               "Without root you can still see what connpin would install:\n"
               "  connpin plan -c examples/pppoe-multi.toml", file=sys.stderr)
-        return EXIT_FAIL
+        return EXIT_ROOT
     for tool in ("nft", "conntrack"):
         if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
             print(f"connpin lab: `{tool}` is not installed (apt-get install nftables "
