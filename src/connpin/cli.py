@@ -36,32 +36,29 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     common.add_argument("--netns", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add = sub.add_parser
 
     def add(name: str, **kw: Any) -> argparse.ArgumentParser:
-        return _add(name, parents=[common], **kw)
+        return sub.add_parser(name, parents=[common], **kw)
 
-    sub.add_parser = add  # type: ignore[method-assign]
-
-    sp = sub.add_parser("plan", help="print what apply would install (no root, touches nothing)")
+    sp = add("plan", help="print what apply would install (no root, touches nothing)")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--live", action="store_true",
                     help="read this machine (root) and print the changes apply would make")
-    sp = sub.add_parser("apply", help="install or update the pinning; safe to repeat")
+    sp = add("apply", help="install or update the pinning; safe to repeat")
     sp.add_argument("-q", "--quiet", action="store_true")
     for verb, what in (("up", "came up"), ("down", "is going away")):
-        sp = sub.add_parser(verb, help=f"hook entry: interface IFACE {what}")
+        sp = add(verb, help=f"hook entry: interface IFACE {what}")
         sp.add_argument("iface", metavar="IFACE")
-    sp = sub.add_parser("status", help="what is pinned where; exit 3 when the kernel differs")
+    sp = add("status", help="what is pinned where; exit 3 when the kernel differs")
     sp.add_argument("--json", action="store_true")
-    sub.add_parser("remove", help="remove everything connpin installed")
-    hp = sub.add_parser("hooks", help="install or remove hook scripts")
+    add("remove", help="remove everything connpin installed")
+    hp = add("hooks", help="install or remove hook scripts")
     hp.add_argument("action", choices=["install", "remove"])
     hp.add_argument("--ppp", action="store_true", help="pppd ip-up.d / ip-down.d")
     hp.add_argument("--networkmanager", action="store_true", help="NetworkManager dispatcher")
     hp.add_argument("--networkd", action="store_true", help="networkd-dispatcher")
     hp.add_argument("--root", default="/", help="install under this directory (default /)")
-    lp = sub.add_parser("lab", help="a network lab in namespaces: demo, up, down, exec")
+    lp = add("lab", help="a network lab in namespaces: demo, up, down, exec")
     lp.add_argument("args", nargs=argparse.REMAINDER)
     return p
 

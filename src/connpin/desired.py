@@ -72,7 +72,7 @@ class Rule:
 
 @dataclass(frozen=True)
 class Route:
-    """A default route in one of connpin's tables; str() is the iproute2 spelling."""
+    """A route in one of connpin's tables (default, or drift); str() is the iproute2 spelling."""
 
     table: int
     oif: str
