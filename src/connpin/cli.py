@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from typing import Any
 
 from connpin import model
@@ -139,25 +138,17 @@ def _machine() -> Any:
 
 
 def _change(config: model.Config, args: argparse.Namespace) -> int:
-    """plan --live, apply, up, down, remove: one reconcile under the namespace's lock."""
-    from connpin import reconcile
-    from connpin.kernel import state
+    """plan --live, apply, up, down, remove: one converge under the namespace's lock."""
+    from connpin import engine
 
     cmd = args.command
     going_down = frozenset({args.iface}) if cmd == "down" else frozenset()
     effects = cmd != "plan"
-    started = time.monotonic()
-    with state.locked():
-        kernel = _machine()
-        try:
-            result = reconcile.run(config, kernel, going_down=going_down,
-                                   remove=cmd == "remove", effects=effects)
-            if not effects:
-                return _plan(config, result, args)
-            left = reconcile.verify(config, kernel, going_down, remove=cmd == "remove")
-        finally:
-            kernel.close()
-    ms = (time.monotonic() - started) * 1000
+    out = engine.converge(config, going_down=going_down, remove=cmd == "remove",
+                          effects=effects)
+    result, left, ms = out.result, out.left, out.ms
+    if not effects:
+        return _plan(config, result, args)
     quiet = getattr(args, "quiet", False)
     for step in result.steps:
         if not quiet:
