@@ -50,6 +50,17 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("iface", metavar="IFACE")
     sp = add("status", help="what is pinned where; exit 3 when the kernel differs")
     sp.add_argument("--json", action="store_true")
+    sp = add("connections", help="the connections pinned to each uplink (like conntrack -L)")
+    sp.add_argument("uplink", nargs="?", metavar="UPLINK", help="uplink name or interface")
+    sp.add_argument("--json", action="store_true")
+    sp = add("flush", help="delete the conntrack entries pinned to one uplink, and only those")
+    sp.add_argument("uplink", metavar="UPLINK", help="uplink name or interface")
+    sp.add_argument("--idle", type=int, metavar="SECONDS",
+                    help="only connections idle for at least this long")
+    sp.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    sp = add("sweep", help="flush the busy connections failback = \"flush-idle\" left, "
+             "as they go idle (started by `up` when needed)")
+    sp.add_argument("--follow", action="store_true", help="keep going until none is left")
     add("remove", help="remove everything connpin installed")
     hp = add("hooks", help="install or remove hook scripts")
     hp.add_argument("action", choices=["install", "remove"])
@@ -128,6 +139,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise Usage(str(e)) from None
     if args.command == "status":
         return _status(config, args)
+    if args.command in ("connections", "flush"):
+        from connpin import pinned_cli
+
+        return pinned_cli.run(config, args)
+    if args.command == "sweep":
+        return _sweep(config, args)
     return _change(config, args)
 
 
@@ -149,6 +166,10 @@ def _change(config: model.Config, args: argparse.Namespace) -> int:
     result, left, ms = out.result, out.left, out.ms
     if not effects:
         return _plan(config, result, args)
+    for note in out.notes:
+        print(f"connpin {cmd}: {note}")
+    if out.notes and engine.pending():
+        _spawn_sweeper(config)
     quiet = getattr(args, "quiet", False)
     for step in result.steps:
         if not quiet:
@@ -165,6 +186,43 @@ def _change(config: model.Config, args: argparse.Namespace) -> int:
         print(f"connpin {what}: {n} change{'s' if n != 1 else ''}, verified ({ms:.0f} ms)"
               if n else f"connpin {what}: nothing to change, kernel matches the plan")
     return 0
+
+
+def _spawn_sweeper(config: model.Config) -> None:
+    """Leave a `connpin sweep --follow` behind (detached) for flush-idle's busy connections;
+    one per namespace, it exits when none is left."""
+    import subprocess
+
+    argv = [sys.executable, "-I", "-m", "connpin", "-c", config.path, "sweep", "--follow"]
+    subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+                     env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")})
+
+
+def _sweep(config: model.Config, args: argparse.Namespace) -> int:
+    import fcntl
+
+    from connpin import pins
+    from connpin.kernel import state
+
+    os.makedirs(state.directory(), exist_ok=True)
+    fd = os.open(os.path.join(state.directory(), "sweep.lock"),
+                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("connpin sweep: another sweep is running in this namespace")
+        return 0
+    try:
+        total = 0
+        for n in pins.follow(config):
+            total += n
+            if not args.follow:
+                break
+        print(f"connpin sweep: {total} idle connection(s) flushed")
+        return 0
+    finally:
+        os.close(fd)
 
 
 def _plan(config: model.Config, result: Any, args: argparse.Namespace) -> int:
@@ -187,7 +245,11 @@ def _status(config: model.Config, args: argparse.Namespace) -> int:
         result = reconcile.run(config, kernel, effects=False)
     finally:
         kernel.close()
-    report = render_status.build(config, result)
+    from connpin import pins
+
+    pinned = {c.interface: (c.connections, c.bytes)
+              for c in pins.counts(config, result.desired.uplinks)}
+    report = render_status.build(config, result, pinned)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -41,7 +41,30 @@ def converge(config: Config, *, going_down: frozenset[str] = frozenset(),
             result = reconcile.run(config, machine, going_down=going_down, remove=remove,
                                    effects=effects)
             left = reconcile.verify(config, machine, going_down, remove=remove) if effects else []
+            notes = _policies(config, result) if effects and not remove and not left else []
         finally:
             if own:
                 machine.close()
-    return Outcome(result, left, (time.monotonic() - started) * 1000)
+    return Outcome(result, left, (time.monotonic() - started) * 1000, notes)
+
+
+def _policies(config: Config, result: reconcile.Result) -> list[str]:
+    """failback and on_down for the uplinks that changed state in this converge."""
+    from connpin import steer
+
+    before = result.installed.up
+    came_up, went_down = steer.transitions(before, result.desired.uplinks)
+    if not came_up and not went_down:
+        return []
+    from connpin import pins
+
+    flushes = steer.actions(config, before, result.desired.uplinks)
+    return pins.carry_out(config, flushes, result.observed,
+                          [s.interface for s in went_down])
+
+
+def pending() -> bool:
+    """Whether busy connections wait to be flushed once idle (flush-idle)."""
+    from connpin import pins
+
+    return bool(pins.load_pending())

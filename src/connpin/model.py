@@ -57,6 +57,9 @@ class Uplink:
     gateway: str | None = None  # None = point-to-point (`default dev`), "auto" = learn from main
     masquerade: bool = False
     mark: int | None = None  # explicit mark value inside the mask (optional)
+    priority: int = 0  # lower is preferred; 0 = not given (parse sets the position in the file)
+    failback: str | None = None  # None: pinning.failback
+    on_down: str = "keep"  # keep | flush: this uplink's pinned connections when it goes down
 
     @property
     def is_pattern(self) -> bool:
@@ -82,6 +85,8 @@ class Pinning:
     rule_priority: int = 10000
     sysctl: bool = True  # set rp_filter loose and src_valid_mark on uplinks
     nft_table: str = "connpin"
+    failback: str = "keep"  # keep | flush | flush-idle (default for every uplink)
+    failback_idle: int = 30  # seconds, for flush-idle
 
     @property
     def rule_range(self) -> range:
@@ -102,9 +107,17 @@ class Config:
         exact = next((u for u in self.uplinks if not u.is_pattern and u.matches(ifname)), None)
         return exact or next((u for u in self.uplinks if u.is_pattern and u.matches(ifname)), None)
 
+    def failback(self, uplink: Uplink) -> str:
+        """What happens to connections of less preferred uplinks when `uplink` comes up."""
+        return uplink.failback or self.pinning.failback
 
-_PINNING_KEYS = {"mark_mask", "table_base", "rule_priority", "sysctl", "nft_table"}
-_UPLINK_KEYS = {"name", "interface", "gateway", "masquerade", "mark"}
+
+_PINNING_KEYS = {"mark_mask", "table_base", "rule_priority", "sysctl", "nft_table", "failback",
+                 "failback_idle"}
+_UPLINK_KEYS = {"name", "interface", "gateway", "masquerade", "mark", "priority", "failback",
+                "on_down"}
+FAILBACK = ("keep", "flush", "flush-idle")
+ON_DOWN = ("keep", "flush")
 
 
 def load(path: str | Path) -> Config:
@@ -141,6 +154,13 @@ def _bool(path: str, fld: str, value: Any) -> bool:
     return value
 
 
+def _choice(path: str, fld: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(path, fld, f"{value!r} is not one of " +
+                          ", ".join(f'"{c}"' for c in choices))
+    return value
+
+
 def _unknown(path: str, where: str, got: dict, known: set[str]) -> None:
     extra = sorted(set(got) - known)
     if extra:
@@ -162,7 +182,9 @@ def parse(doc: dict, path: str = "<config>") -> Config:
     nft_table = raw.get("nft_table", "connpin")
     if not isinstance(nft_table, str) or not re.match(r"^[a-zA-Z_][a-zA-Z0-9_]{0,31}$", nft_table):
         raise ConfigError(path, "pinning.nft_table", f"{nft_table!r} is not a valid nft table name")
-    pinning = Pinning(mask, table_base, prio, sysctl, nft_table)
+    failback = _choice(path, "pinning.failback", raw.get("failback", "keep"), FAILBACK)
+    idle = _int(path, "pinning.failback_idle", raw.get("failback_idle", 30), 1, 86400 * 7)
+    pinning = Pinning(mask, table_base, prio, sysctl, nft_table, failback, idle)
 
     raws = doc.get("uplink", [])
     if not isinstance(raws, list):
@@ -222,7 +244,12 @@ def _uplink(path: str, i: int, raw: Any, pinning: Pinning) -> Uplink:
                 path, f"{where}.mark", "cannot be set on a pattern uplink (each interface "
                 "that matches gets its own mark)",
             )
-    return Uplink(name, iface, gateway, masq, mark)
+    priority = _int(path, f"{where}.priority", raw.get("priority", i + 1), 1, 1_000_000)
+    failback = raw.get("failback")
+    if failback is not None:
+        failback = _choice(path, f"{where}.failback", failback, FAILBACK)
+    on_down = _choice(path, f"{where}.on_down", raw.get("on_down", "keep"), ON_DOWN)
+    return Uplink(name, iface, gateway, masq, mark, priority, failback, on_down)
 
 
 def _check_whole(config: Config) -> None:

@@ -26,6 +26,7 @@ class Installed:
     nft_in_place: str | None = None  # sha of the ruleset the table was last verified to hold
     saved_sysctls: dict[str, int] = field(default_factory=dict)
     stale_nft: tuple[tuple[str, str], ...] = ()  # (name, listing) of connpin's former tables
+    up: tuple[str, ...] | None = None  # interfaces last committed as up; None: never applied
 
 
 @dataclass(frozen=True)

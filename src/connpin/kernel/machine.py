@@ -58,6 +58,7 @@ class Kernel:
             nft_in_place=in_place,
             saved_sysctls=dict(self.state.get("sysctls", {})),
             stale_nft=stale,
+            up=tuple(self.state["up"]) if "up" in self.state else None,
         )
         return observed, installed
 
@@ -90,9 +91,11 @@ class Kernel:
                 "tables": [want.table_range.start, want.table_range.stop],
                 "nft_table": want.nft_table,
             }
+            self.state["up"] = sorted(s.interface for s in want.uplinks if s.up)
         else:
             self.state.pop("nft", None)
             self.state.pop("slice", None)
+            self.state.pop("up", None)
         saved = self.state.get("sysctls", {})
         for key in list(saved):
             if sysctl.read(key) is None:

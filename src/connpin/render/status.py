@@ -7,7 +7,9 @@ from typing import Any
 from connpin.model import Config
 
 
-def build(config: Config, result: Any) -> dict:
+def build(config: Config, result: Any,
+          pinned: dict[str, tuple[int, int | None]] | None = None) -> dict:
+    """`pinned`: interface -> (connections, bytes or None) counted in conntrack."""
     have_rules = set(result.installed.rules)
     have_routes = set(result.installed.routes)
     want_rules = {(r.fwmark, r.table): r for r in result.desired.rules if r.action == "lookup"
@@ -25,6 +27,9 @@ def build(config: Config, result: Any) -> dict:
             "route": str(s.route) if s.route else None,
             "rule_in_place": rule_ok, "route_in_place": route_ok,
         })
+        if pinned is not None:
+            conns, nbytes = pinned.get(s.interface, (0, None))
+            uplinks[-1].update(connections=conns, bytes=nbytes)
     present = {u["uplink"] for u in uplinks}
     waiting = [{"uplink": u.name, "pattern": u.interface} for u in config.uplinks
                if u.is_pattern and u.name not in present]
@@ -40,12 +45,27 @@ def build(config: Config, result: Any) -> dict:
     }
 
 
+def _pinned(u: dict) -> str:
+    n = u.get("connections", 0)
+    if u.get("bytes") is None:
+        return str(n)
+    b, unit = float(u["bytes"]), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if b < 1024 or unit == "TiB":
+            break
+        b /= 1024
+    return f"{n} ({b:.0f} {unit})" if unit == "B" else f"{n} ({b:.1f} {unit})"
+
+
 def text(report: dict) -> str:
-    rows = [("uplink", "interface", "state", "mark", "table", "rule", "route")]
+    counted = any("connections" in u for u in report["uplinks"])
+    rows = [("uplink", "interface", "state", "mark", "table", "rule", "route")
+            + (("pinned",) if counted else ())]
     for u in report["uplinks"]:
-        rows.append((u["uplink"], u["interface"], "up" if u["up"] else f"down ({u['state']})",
-                     u["mark"], str(u["table"]), "ok" if u["rule_in_place"] else "MISSING",
-                     "ok" if u["route_in_place"] else "MISSING"))
+        row = (u["uplink"], u["interface"], "up" if u["up"] else f"down ({u['state']})",
+               u["mark"], str(u["table"]), "ok" if u["rule_in_place"] else "MISSING",
+               "ok" if u["route_in_place"] else "MISSING")
+        rows.append(row + ((_pinned(u),) if counted else ()))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     for w in report["patterns_without_interfaces"]:

@@ -1,0 +1,133 @@
+"""`connpin connections` and `connpin flush`: look at and steer what is pinned to an uplink."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from connpin import pins
+from connpin.desired import UplinkState
+from connpin.kernel import conntrack as ct
+from connpin.model import Config
+
+
+class UnknownUplink(ValueError):
+    pass
+
+
+def _uplinks(config: Config) -> tuple[list[UplinkState], object]:
+    """Every uplink interface connpin knows of (up or not), from one observation."""
+    from connpin import reconcile
+    from connpin.kernel.machine import Kernel
+
+    kernel = Kernel()
+    try:
+        result = reconcile.run(config, kernel, effects=False)
+    finally:
+        kernel.close()
+    return list(result.desired.uplinks), result.observed
+
+
+def _pick(config: Config, states: list[UplinkState], which: str | None) -> list[UplinkState]:
+    if which is None:
+        return states
+    chosen = [s for s in states if which in (s.uplink, s.interface)]
+    if not chosen:
+        names = sorted({s.uplink for s in states} | {s.interface for s in states})
+        raise UnknownUplink(f"{which!r} is not an uplink or uplink interface in {config.path} "
+                            f"(known: {', '.join(names) or 'none'})")
+    return chosen
+
+
+def _row(e: ct.Entry, local: frozenset[str], table: dict[str, int], now_ns: int) -> dict:
+    def ep(addr: str, port: int | None) -> str:
+        host = f"[{addr}]" if ":" in addr else addr
+        return f"{host}:{port}" if port is not None else addr
+
+    quiet = ct.idle(e, table)
+    return {
+        "proto": e.proto_name,
+        "direction": "in" if pins.inbound(e, local) else "out",
+        "src": ep(e.orig.src, e.orig.sport),
+        "dst": ep(e.orig.dst, e.orig.dport),
+        "nat": e.nat,
+        "state": e.state,
+        "idle": quiet,
+        "age": None if e.start_ns is None else max(0, (now_ns - e.start_ns) // 10**9),
+        "timeout": e.timeout,
+        "mark": f"{e.mark:#010x}",
+        "bytes": e.bytes,
+    }
+
+
+def connections(config: Config, args: argparse.Namespace) -> int:
+    states, observed = _uplinks(config)
+    chosen = _pick(config, states, args.uplink)
+    local, table, now = pins.local_addresses(observed), ct.timeouts(), time.time_ns()
+    groups = []
+    with ct.Conntrack() as c:
+        for s in chosen:
+            rows = [_row(e, local, table, now)
+                    for e in c.entries(s.slot.mark, config.pinning.mark_mask)]
+            rows.sort(key=lambda r: (r["proto"], r["src"], r["dst"]))
+            groups.append({"uplink": s.uplink, "interface": s.interface, "up": s.up,
+                           "mark": f"{s.slot.mark:#010x}", "connections": rows})
+    if args.json:
+        print(json.dumps(groups, indent=2))
+        return 0
+    out = sys.stdout
+    for g in groups:
+        n = len(g["connections"])
+        state = "up" if g["up"] else "down"
+        out.write(f"{g['uplink']} ({g['interface']}, {state}, mark {g['mark']}): "
+                  f"{n} connection{'s' if n != 1 else ''}\n")
+        if not n:
+            continue
+        head = ("proto", "dir", "source", "destination", "nat", "state", "idle", "age")
+        rows = [head] + [(r["proto"], r["direction"], r["src"], r["dst"], r["nat"] or "-",
+                          r["state"], _secs(r["idle"]), _secs(r["age"]))
+                         for r in g["connections"]]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        for r in rows:
+            out.write("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
+                      .rstrip() + "\n")
+    return 0
+
+
+def _secs(v: int | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v}s" if v < 120 else f"{v // 60}m" if v < 7200 else f"{v // 3600}h"
+
+
+def flush(config: Config, args: argparse.Namespace) -> int:
+    if args.idle is not None and args.idle < 0:
+        raise UnknownUplink("--idle must be 0 or more seconds")
+    states, observed = _uplinks(config)
+    chosen = _pick(config, states, args.uplink)
+    table = ct.timeouts()
+    total = 0
+    with ct.Conntrack() as c:
+        for s in chosen:
+            entries = c.entries(s.slot.mark, config.pinning.mark_mask)
+            picked = pins.select(entries, idle=args.idle, timeouts=table)
+            n = len(picked) if args.dry_run else c.delete(picked)
+            total += n
+            idle = f" idle >= {args.idle}s" if args.idle is not None else ""
+            verb = "would flush" if args.dry_run else "flushed"
+            print(f"{s.uplink} ({s.interface}): {verb} {n} of {len(entries)} "
+                  f"pinned connection{'s' if len(entries) != 1 else ''}{idle}")
+    if len(chosen) > 1:
+        print(f"{'would flush' if args.dry_run else 'flushed'} {total} in all")
+    return 0
+
+
+def run(config: Config, args: argparse.Namespace) -> int:
+    from connpin.cli import Usage
+
+    try:
+        return connections(config, args) if args.command == "connections" else flush(config, args)
+    except UnknownUplink as e:
+        raise Usage(str(e)) from None

@@ -1,0 +1,156 @@
+"""Pinned connections: count, list, select and flush them per uplink, and carry out the
+failback / on_down flushes that `steer` decides, including the busy connections that
+`flush-idle` leaves for later (kept in /run, swept as they go idle).
+
+Everything goes through the conntrack adapter with the kernel filtering by mark, so other
+uplinks, unmarked connections and mark bits outside connpin's mask are never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from connpin.desired import Observed, UplinkState
+from connpin.kernel import conntrack as ct
+from connpin.kernel import state
+from connpin.model import Config
+from connpin.steer import Flush
+
+
+def local_addresses(observed: Observed) -> frozenset[str]:
+    return frozenset(a for link in observed.links.values() for a in link.addresses)
+
+
+def inbound(e: ct.Entry, local: frozenset[str]) -> bool:
+    """Arrived from outside: a port forward (DNAT) or a connection to the router itself."""
+    return bool(e.status & ct.IPS_DST_NAT) or e.orig.dst in local
+
+
+@dataclass
+class Counted:
+    uplink: str
+    interface: str
+    connections: int
+    bytes: int | None
+
+
+def counts(config: Config, uplinks: Iterable[UplinkState]) -> list[Counted]:
+    """Per uplink interface, how many connections are pinned to it (and their bytes when
+    conntrack accounting is on)."""
+    acct = ct.accounting()
+    mask = config.pinning.mark_mask
+    with ct.Conntrack() as c:
+        return [Counted(s.uplink, s.interface, *c.count(s.slot.mark, mask, with_bytes=acct))
+                for s in uplinks]
+
+
+def select(entries: Iterable[ct.Entry], *, outbound_only: bool = False,
+           idle: int | None = None, local: frozenset[str] = frozenset(),
+           timeouts: dict[str, int] | None = None) -> list[ct.Entry]:
+    out = []
+    for e in entries:
+        if outbound_only and inbound(e, local):
+            continue
+        if idle is not None:
+            quiet = ct.idle(e, timeouts or {})
+            if quiet is None or quiet < idle:
+                continue
+        out.append(e)
+    return out
+
+
+# -- failback / on_down ------------------------------------------------------------------------
+def _pending_path() -> str:
+    return os.path.join(state.directory(), "failback.json")
+
+
+def load_pending() -> list[dict]:
+    try:
+        with open(_pending_path()) as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+def save_pending(pending: list[dict]) -> None:
+    path = _pending_path()
+    if not pending:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(pending, f)
+    os.replace(path + ".tmp", path)
+
+
+def carry_out(config: Config, flushes: list[Flush], observed: Observed,
+              went_down: Iterable[str]) -> list[str]:
+    """Run the flushes; remember the busy connections `flush-idle` must come back for.
+    A pending failback is dropped when the uplink that triggered it goes down again.
+    Returns one log line per flush. Called under the namespace's lock."""
+    gone = set(went_down)
+    pending = [p for p in load_pending() if p["trigger"] not in gone]
+    notes: list[str] = []
+    if flushes:
+        local, table = local_addresses(observed), ct.timeouts()
+        with ct.Conntrack() as c:
+            for f in flushes:
+                entries = c.entries(f.mark, config.pinning.mark_mask)
+                chosen = select(entries, outbound_only=f.outbound_only, idle=f.idle,
+                                local=local, timeouts=table)
+                n = c.delete(chosen)
+                notes.append(f"{f}: {n} flushed")
+                if f.follow:
+                    taken = {e.handle for e in chosen}
+                    busy = [e for e in select(entries, outbound_only=True, local=local)
+                            if e.handle not in taken]
+                    pending = [p for p in pending if p["mark"] != f.mark]
+                    if busy:
+                        pending.append({"uplink": f.uplink, "interface": f.interface,
+                                        "mark": f.mark, "idle": f.idle, "trigger": f.trigger,
+                                        "handles": [e.handle.hex() for e in busy]})
+                        notes.append(f"  {len(busy)} busy connection(s) of {f.uplink} move "
+                                     f"once idle for {f.idle}s")
+    save_pending(pending)
+    return notes
+
+
+def sweep(config: Config) -> tuple[int, float | None]:
+    """Flush the pending busy connections that have gone idle. Returns (flushed, seconds until
+    the next one could be due, or None when nothing is pending). Called under the lock."""
+    pending = load_pending()
+    if not pending:
+        return 0, None
+    table = ct.timeouts()
+    flushed, keep, wait = 0, [], None
+    with ct.Conntrack() as c:
+        for p in pending:
+            want = set(p["handles"])
+            alive = [e for e in c.entries(p["mark"], config.pinning.mark_mask)
+                     if e.handle.hex() in want]
+            ready = [e for e in alive if (ct.idle(e, table) or 0) >= p["idle"]]
+            flushed += c.delete(ready)
+            busy = [e for e in alive if e not in ready]
+            if busy:
+                keep.append({**p, "handles": [e.handle.hex() for e in busy]})
+                soonest = min(p["idle"] - (ct.idle(e, table) or 0) for e in busy)
+                wait = soonest if wait is None else min(wait, soonest)
+    save_pending(keep)
+    return flushed, wait
+
+
+def follow(config: Config, interval: float = 1.0) -> Iterator[int]:
+    """Sweep until nothing is pending; yields what each pass flushed."""
+    while True:
+        with state.locked():
+            n, wait = sweep(config)
+        yield n
+        if wait is None:
+            return
+        time.sleep(min(max(wait, interval), 30.0))
