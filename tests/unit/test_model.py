@@ -62,6 +62,11 @@ def test_empty_config_is_valid() -> None:
     (GOOD.replace('"ppp0"', '"ppp0"\nmark = 0x100'), "mark", "outside pinning.mark_mask"),
     ('[[uplink]]\nname = "a"\ninterface = "ppp*"\nmark = 0x10000\n', "mark", "pattern"),
     ("[[uplink]\n", "", "invalid TOML"),
+    ('[pinning]\nfailback = "sometimes"\n', "pinning.failback", '"keep", "flush", "flush-idle"'),
+    ("[pinning]\nfailback_idle = 0\n", "pinning.failback_idle", "out of range"),
+    (GOOD + 'priority = 0\n', "uplink[0] (isp-a).priority", "out of range"),
+    (GOOD + 'failback = "yes"\n', "uplink[0] (isp-a).failback", "not one of"),
+    (GOOD + 'on_down = "flush-idle"\n', "uplink[0] (isp-a).on_down", '"keep", "flush"'),
 ])
 def test_bad_configs(text: str, field: str, words: str) -> None:
     msg = err(text)
@@ -100,3 +105,12 @@ def test_exact_name_wins_over_pattern() -> None:
 def test_valid_ifname(name: str, ok: bool) -> None:
     # stricter than the kernel: nothing that could break nft quoting or mean something to a shell
     assert model.valid_ifname(name) is ok
+
+
+def test_failback_keys_and_defaults() -> None:
+    c = model.loads(GOOD + '[[uplink]]\nname = "b"\ninterface = "ppp1"\nfailback = "flush"\n'
+                    'on_down = "flush"\npriority = 7\n')
+    a, b = c.uplinks
+    assert (c.pinning.failback, c.pinning.failback_idle) == ("keep", 30)
+    assert (a.priority, a.failback, a.on_down, c.failback(a)) == (1, None, "keep", "keep")
+    assert (b.priority, c.failback(b), b.on_down) == (7, "flush", "flush")

@@ -1,0 +1,54 @@
+"""The conntrack reply reader against messages encoded by pyroute2 (no kernel)."""
+
+import socket
+
+from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple, nfct_msg
+
+from connpin.kernel import conntrack as ct
+from connpin.render import status
+
+
+def message(**kw) -> bytes:
+    msg = nfct_msg.create_from(**kw)
+    msg["header"]["type"] = (1 << 8) | 0
+    msg["nfgen_family"] = socket.AF_INET
+    msg.encode()
+    return bytes(msg.data)
+
+
+def test_entry_fields_and_delete_handle() -> None:
+    orig = NFCTAttrTuple(saddr="10.77.0.2", daddr="203.0.113.10", proto=6, sport=40000, dport=7)
+    reply = NFCTAttrTuple(saddr="203.0.113.10", daddr="100.64.2.2", proto=6, sport=7,
+                          dport=40000)
+    data = message(tuple_orig=orig, tuple_reply=reply, status=ct.IPS_SRC_NAT | ct.IPS_SEEN_REPLY,
+                   timeout=431990, mark=0x00910001, id=77)
+    e = ct._entry(data, 0, len(data))
+    assert (e.family, e.proto_name, e.mark, e.timeout) == (2, "tcp", 0x00910001, 431990)
+    assert (e.orig.src, e.orig.dport, e.reply.dst) == ("10.77.0.2", 7, "100.64.2.2")
+    assert e.nat == "100.64.2.2" and e.state == "REPLIED"
+    assert e.handle[0] == socket.AF_INET and len(e.handle) % 4 == 1
+
+
+def test_idle_is_the_full_timeout_minus_what_is_left() -> None:
+    ep = ct.Endpoint("a", "b", 1, 2)
+    e = ct.Entry(2, 6, ep, ep, ct.IPS_ASSURED, 431900, 0, 3, None, None, None, b"\x02")
+    assert ct.idle(e, {"nf_conntrack_tcp_timeout_established": 432000}) == 100
+    assert ct.idle(e, {}) is None
+    udp = ct.Entry(2, 17, ep, ep, ct.IPS_ASSURED | ct.IPS_SEEN_REPLY, 100, 0, None, None, None,
+                   None, b"\x02")
+    assert ct.idle(udp, {"nf_conntrack_udp_timeout_stream": 120}) == 20
+
+
+def test_status_shows_pinned_counts_and_bytes() -> None:
+    report = {"uplinks": [
+        {"uplink": "a", "interface": "ppp0", "up": True, "state": "up", "mark": "0x1",
+         "table": 1, "rule_in_place": True, "route_in_place": True, "connections": 3,
+         "bytes": 5 << 20},
+        {"uplink": "b", "interface": "ppp1", "up": True, "state": "up", "mark": "0x2",
+         "table": 2, "rule_in_place": True, "route_in_place": True, "connections": 0,
+         "bytes": None}],
+        "patterns_without_interfaces": [], "nft_table": "inet connpin", "nft_in_place": True,
+        "drift": []}
+    text = status.text(report)
+    assert "pinned" in text.splitlines()[0]
+    assert "3 (5.0 MiB)" in text and text.splitlines()[2].rstrip().endswith("0")
