@@ -111,14 +111,20 @@ def flush(config: Config, args: argparse.Namespace) -> int:
     total = 0
     with ct.Conntrack() as c:
         for s in chosen:
-            entries = c.entries(s.slot.mark, config.pinning.mark_mask)
-            picked = pins.select(entries, idle=args.idle, timeouts=table)
-            n = len(picked) if args.dry_run else c.delete(picked)
+            mark, mask = s.slot.mark, config.pinning.mark_mask
+            if args.idle is None:  # all of them: counted, then deleted by the kernel itself
+                have = n = c.count(mark, mask)[0]
+                if n and not args.dry_run:
+                    c.flush(mark, mask)
+            else:
+                entries = c.entries(mark, mask)
+                picked = pins.select(entries, idle=args.idle, timeouts=table)
+                have, n = len(entries), len(picked) if args.dry_run else c.delete(picked)
             total += n
             idle = f" idle >= {args.idle}s" if args.idle is not None else ""
             verb = "would flush" if args.dry_run else "flushed"
-            print(f"{s.uplink} ({s.interface}): {verb} {n} of {len(entries)} "
-                  f"pinned connection{'s' if len(entries) != 1 else ''}{idle}")
+            print(f"{s.uplink} ({s.interface}): {verb} {n} of {have} "
+                  f"pinned connection{'s' if have != 1 else ''}{idle}")
     if len(chosen) > 1:
         print(f"{'would flush' if args.dry_run else 'flushed'} {total} in all")
     return 0

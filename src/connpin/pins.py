@@ -42,11 +42,22 @@ class Counted:
 def counts(config: Config, uplinks: Iterable[UplinkState]) -> list[Counted]:
     """Per uplink interface, how many connections are pinned to it (and their bytes when
     conntrack accounting is on)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     acct = ct.accounting()
     mask = config.pinning.mark_mask
-    with ct.Conntrack() as c:
-        return [Counted(s.uplink, s.interface, *c.count(s.slot.mark, mask, with_bytes=acct))
-                for s in uplinks]
+    states = list(uplinks)
+
+    def one(s: UplinkState) -> Counted:
+        # one socket per thread: the kernel serialises each dump in its reader's syscall,
+        # so dumps of different marks run on different CPUs
+        with ct.Conntrack() as c:
+            return Counted(s.uplink, s.interface, *c.count(s.slot.mark, mask, with_bytes=acct))
+
+    if len(states) <= 1:
+        return [one(s) for s in states]
+    with ThreadPoolExecutor(min(len(states), os.cpu_count() or 1, 4)) as pool:
+        return list(pool.map(one, states))
 
 
 def select(entries: Iterable[ct.Entry], *, outbound_only: bool = False,

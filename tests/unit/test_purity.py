@@ -7,7 +7,7 @@ import sys
 def test_core_and_renderers_do_not_import_side_effects() -> None:
     code = (
         "import sys\n"
-        "import connpin.model, connpin.alloc, connpin.desired, connpin.reconcile\n"
+        "import connpin.model, connpin.alloc, connpin.desired, connpin.reconcile, connpin.steer\n"
         "import connpin.render.nft, connpin.render.plan, connpin.render.status\n"
         "bad = [m for m in ('pyroute2', 'subprocess', 'socket', 'connpin.kernel') "
         "if m in sys.modules]\n"

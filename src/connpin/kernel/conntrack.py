@@ -132,6 +132,16 @@ class Entry:
         return None
 
 
+def _handle(buf: bytes, a: dict[int, tuple[int, int]], family: int) -> bytes:
+    """Family, original tuple, zone and id, byte for byte as the kernel sent them."""
+    handle = bytes([family])
+    for key in (CTA_TUPLE_ORIG, CTA_ZONE, CTA_ID):
+        if key in a:
+            s, e = a[key]
+            handle += bytes(buf[s - 4:e + (-(e - s) % 4)])
+    return handle
+
+
 def _entry(buf: bytes, off: int, end: int) -> Entry:
     family = buf[off + 16]
     a = _attrs(buf, off + 20, end)
@@ -159,13 +169,8 @@ def _entry(buf: bytes, off: int, end: int) -> Entry:
         ts = _attrs(buf, *a[CTA_TIMESTAMP])
         if CTA_TIMESTAMP_START in ts:
             start = _BE64.unpack_from(buf, ts[CTA_TIMESTAMP_START][0])[0]
-    handle = bytes([family])
-    for key in (CTA_TUPLE_ORIG, CTA_ZONE, CTA_ID):
-        if key in a:
-            s, e = a[key]
-            handle += bytes(buf[s - 4:e + (-(e - s) % 4)])
     return Entry(family, proto, orig, reply, be32(CTA_STATUS), be32(CTA_TIMEOUT),
-                 be32(CTA_MARK), tcp_state, packets, nbytes, start, handle)
+                 be32(CTA_MARK), tcp_state, packets, nbytes, start, _handle(buf, a, family))
 
 
 class Conntrack:
@@ -240,8 +245,24 @@ class Conntrack:
         self.sock.send(self._dump_request(mark, mask))
         return [_entry(buf, off, end) for buf, off, end in self._messages()]
 
+    def handles(self, mark: int, mask: int) -> list[bytes]:
+        """Just what deleting each matching entry takes: the cheap way to flush them all."""
+        self.sock.send(self._dump_request(mark, mask))
+        return [_handle(buf, _attrs(buf, off + 20, end), buf[off + 16])
+                for buf, off, end in self._messages()]
+
     # -- deletes -------------------------------------------------------------------------
-    def delete(self, entries: list[Entry], batch: int = 256) -> int:
+    def flush(self, mark: int, mask: int) -> None:
+        """Every entry with `mark & mask == mark`, deleted by the kernel in one request."""
+        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTSocket
+
+        s = NFCTSocket(nfgen_family=socket.AF_UNSPEC)
+        try:
+            s.flush(mark=mark, mark_mask=mask)
+        finally:
+            s.close()
+
+    def delete(self, entries: list[Entry] | list[bytes], batch: int = 256) -> int:
         """Delete these entries (by original tuple, zone and id); returns how many the kernel
         removed. Entries that are already gone are not counted."""
         removed = 0
@@ -249,8 +270,9 @@ class Conntrack:
             chunk = entries[i:i + batch]
             parts, first = [], self.seq + 1
             for e in chunk:
+                h = e if isinstance(e, bytes) else e.handle
                 self.seq += 1
-                payload = struct.pack("=BBH", e.handle[0], 0, 0) + e.handle[1:]
+                payload = struct.pack("=BBH", h[0], 0, 0) + h[1:]
                 parts.append(_HDR.pack(16 + len(payload),
                                        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE,
                                        NLM_F_REQUEST | NLM_F_ACK, self.seq, 0) + payload)
