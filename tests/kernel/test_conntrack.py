@@ -66,6 +66,8 @@ def wait_for(cond, timeout: float, what: str) -> None:
 
 def test_status_counts_and_connections_listing() -> None:
     with lab_with() as lab:
+        lab.set_sysctl("router", "net.netfilter.nf_conntrack_acct", 1)
+        lab.set_sysctl("router", "net.netfilter.nf_conntrack_timestamp", 1)
         lab.uplink_up(1)
         lab.uplink_up(2)
         probes = [lab.probe(), lab.probe(), lab.probe(src="net", dst=lab.address(2), port=8080)]
@@ -74,6 +76,8 @@ def test_status_counts_and_connections_listing() -> None:
         report = json.loads(lab.connpin("status", "--json").stdout)
         pinned = {u["uplink"]: u["connections"] for u in report["uplinks"]}
         assert pinned == {"isp1": 2, "isp2": 1}
+        assert all(u["bytes"] > 0 for u in report["uplinks"]), "accounting is on"
+        assert "pinned" in lab.connpin("status").stdout.splitlines()[0]
         m = marks(lab)
         assert len(ct_list(lab, m["isp1"], 0x00FF0000)) == 2
         groups = json.loads(lab.connpin("connections", "--json").stdout)
@@ -82,6 +86,7 @@ def test_status_counts_and_connections_listing() -> None:
         assert by["isp2"][0]["nat"] == "10.77.0.2", "port forward shows the inside host"
         assert {c["nat"] for c in by["isp1"]} == {lab.address(1)}
         assert all(c["state"] == "ESTABLISHED" for c in by["isp1"])
+        assert all(c["age"] is not None and c["bytes"] > 0 for c in by["isp1"])
         text = lab.connpin("connections", "ppp1").stdout
         assert text.startswith("isp2 (ppp1, up") and "1 connection" in text
         bad = lab.connpin("connections", "nope", check=False)
