@@ -82,3 +82,19 @@ def actions(config: Config, before: Iterable[str] | None, after: Iterable[Uplink
                 outbound_only=True, idle=idle, follow=policy == "flush-idle",
                 trigger=s.interface)
     return list(out.values())
+
+
+def describe(config: Config) -> list[str]:
+    """The policies in words, for `plan`: what each uplink's transitions will flush."""
+    lines = []
+    for u in sorted(config.uplinks, key=lambda u: (u.priority, u.name)):
+        policy = config.failback(u)
+        lower = sorted(v.name for v in config.uplinks if v.priority > u.priority)
+        if policy != "keep" and lower:
+            how = (f"those idle >= {config.pinning.failback_idle}s now, busy ones once idle"
+                   if policy == "flush-idle" else "all of them")
+            lines.append(f"{u.name} (priority {u.priority}) comes up: flush outbound connections "
+                         f"pinned to {', '.join(lower)} ({how})")
+        if u.on_down == "flush":
+            lines.append(f"{u.name} goes down: flush the connections pinned to it")
+    return lines

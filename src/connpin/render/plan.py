@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from connpin import steer
 from connpin.model import Config
 
 
@@ -36,6 +37,7 @@ def as_dict(config: Config, result: Any, live: bool) -> dict:
         "routes": [str(r) for r in d.routes],
         "sysctls": {k: v for k, v in d.sysctls},
         "patterns": [u.interface for u in config.uplinks if u.is_pattern],
+        "on_transitions": steer.describe(config),
     }
     if live:
         out["changes"] = [str(s) for s in result.steps]
@@ -83,4 +85,9 @@ def text(config: Config, result: Any, live: bool) -> str:
                      "(pinning.sysctl = false leaves them alone)")
     else:
         lines.append("# 3. sysctls: left alone (pinning.sysctl = false)")
+    policies = steer.describe(config)
+    if policies:
+        lines.append("")
+        lines.append("# 4. pinned connections when uplinks change (failback, on_down):")
+        lines += [f"#    {p}" for p in policies]
     return "\n".join(lines) + "\n"
