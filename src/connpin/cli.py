@@ -62,11 +62,17 @@ def _parser() -> argparse.ArgumentParser:
              "as they go idle (started by `up` when needed)")
     sp.add_argument("--follow", action="store_true", help="keep going until none is left")
     add("remove", help="remove everything connpin installed")
+    wp = add("watch", help="daemon: follow the kernel's uplink events (no hooks needed)")
+    wp.add_argument("-v", "--verbose", action="store_true", help="log every event and resync")
+    wp.add_argument("--resync", type=float, default=60.0, metavar="SECONDS",
+                    help="re-read the whole kernel at least this often (default 60)")
     hp = add("hooks", help="install or remove hook scripts")
     hp.add_argument("action", choices=["install", "remove"])
     hp.add_argument("--ppp", action="store_true", help="pppd ip-up.d / ip-down.d")
     hp.add_argument("--networkmanager", action="store_true", help="NetworkManager dispatcher")
     hp.add_argument("--networkd", action="store_true", help="networkd-dispatcher")
+    hp.add_argument("--systemd", action="store_true",
+                    help="systemd unit running `connpin watch` (instead of hooks)")
     hp.add_argument("--root", default="/", help="install under this directory (default /)")
     lp = add("lab", help="a network lab in namespaces: demo, up, down, exec")
     lp.add_argument("args", nargs=argparse.REMAINDER)
@@ -145,6 +151,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return pinned_cli.run(config, args)
     if args.command == "sweep":
         return _sweep(config, args)
+    if args.command == "watch":
+        return _watch(config, args)
     return _change(config, args)
 
 
@@ -152,6 +160,14 @@ def _machine() -> Any:
     from connpin.kernel.machine import Kernel
 
     return Kernel()
+
+
+def _watch(config: model.Config, args: argparse.Namespace) -> int:
+    from connpin import watch
+
+    if not args.resync > 0:
+        raise Usage("--resync must be a positive number of seconds")
+    return watch.run(_config_path(args), config, verbose=args.verbose, resync=args.resync)
 
 
 def _change(config: model.Config, args: argparse.Namespace) -> int:
@@ -260,15 +276,17 @@ def _status(config: model.Config, args: argparse.Namespace) -> int:
 def _hooks(args: argparse.Namespace) -> int:
     from connpin import hooks
 
-    kinds = [k for k in ("ppp", "networkmanager", "networkd") if getattr(args, k)]
+    kinds = [k for k in ("ppp", "networkmanager", "networkd", "systemd") if getattr(args, k)]
     if not kinds:
-        raise Usage("say which: --ppp, --networkmanager and/or --networkd")
+        raise Usage("say which: --ppp, --networkmanager, --networkd and/or --systemd")
     if args.action == "install":
         config = args.config or os.environ.get("CONNPIN_CONFIG")
         if config:
             model.load(config)  # refuse to install hooks for a config that would not load
         for path in hooks.install(kinds, args.root, config):
             print(f"installed {path}")
+        if "systemd" in kinds:
+            print(f"start it: {hooks.SYSTEMD_START}")
     else:
         for path in hooks.remove(kinds, args.root):
             print(f"removed {path}")

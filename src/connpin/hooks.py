@@ -1,6 +1,7 @@
 """Hook scripts for pppd, NetworkManager and networkd-dispatcher: tiny shell files that hand the
 interface name to `connpin up/down` as one argument, in a cleared environment. The name is never
-interpreted by a shell; connpin validates it."""
+interpreted by a shell; connpin validates it. Or, instead of hooks, a systemd unit running
+`connpin watch`, which follows the kernel's events itself."""
 
 from __future__ import annotations
 
@@ -34,7 +35,10 @@ NETWORKD = (
     Hook("etc/networkd-dispatcher/off.d/50-connpin", '$CONNPIN down -- "$IFACE"\n'),
     Hook("etc/networkd-dispatcher/no-carrier.d/50-connpin", '$CONNPIN down -- "$IFACE"\n'),
 )
-KINDS = {"ppp": PPP, "networkmanager": NETWORKMANAGER, "networkd": NETWORKD}
+SYSTEMD = (Hook("etc/systemd/system/connpin.service", ""),)
+KINDS = {"ppp": PPP, "networkmanager": NETWORKMANAGER, "networkd": NETWORKD, "systemd": SYSTEMD}
+#: What to run after `hooks install --systemd` (printed, never run by connpin).
+SYSTEMD_START = "systemctl daemon-reload && systemctl enable --now connpin"
 
 
 def command(config: str | None) -> str:
@@ -55,6 +59,38 @@ def script(hook: Hook, config: str | None) -> str:
     )
 
 
+CONTRIB_HEADER = ("# connpin watch as a systemd service. Set ExecStart to where connpin is\n"
+                  "# installed, or let `connpin hooks install --systemd` write it with the right path.")
+
+
+def unit(config: str | None, exe: str | None = None, header: str | None = None) -> str:
+    """The systemd unit of `connpin watch` (Type=notify: ready once the first converge ran).
+
+    Ordered after nftables.service, whose `flush ruleset` would otherwise remove connpin's
+    table (the periodic resync would put it back, but only a period later)."""
+    cmd = exe or command(config)
+    if exe and config:
+        cmd += f" -c {shlex.quote(os.path.abspath(config))}"
+    return (
+        (header or f"{MARK}; `connpin hooks remove --systemd` deletes it.") + "\n"
+        "[Unit]\n"
+        "Description=connpin: connection pinning that follows the uplinks (rtnetlink events)\n"
+        "Documentation=man:ip-rule(8) man:nft(8)\n"
+        "After=network-pre.target nftables.service\n"
+        "Wants=network-pre.target\n"
+        "\n"
+        "[Service]\n"
+        "Type=notify\n"
+        f"ExecStart={cmd} watch\n"
+        "ExecReload=/bin/kill -HUP $MAINPID\n"
+        "Restart=on-failure\n"
+        "RestartSec=2\n"
+        "\n"
+        "[Install]\n"
+        "WantedBy=multi-user.target\n"
+    )
+
+
 def install(kinds: list[str], root: str = "/", config: str | None = None) -> list[str]:
     written = []
     for kind in kinds:
@@ -63,8 +99,8 @@ def install(kinds: list[str], root: str = "/", config: str | None = None) -> lis
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = path + ".connpin-new"
             with open(tmp, "w") as f:
-                f.write(script(hook, config))
-            os.chmod(tmp, 0o755)
+                f.write(unit(config) if kind == "systemd" else script(hook, config))
+            os.chmod(tmp, 0o644 if kind == "systemd" else 0o755)
             os.replace(tmp, path)
             written.append(path)
     return written

@@ -17,13 +17,28 @@ class Kernel:
 
     def __init__(self) -> None:
         self.netlink = Netlink()
+        self.generation = nftool.Generation()
         self.state = state.load()
         self._table = "connpin"
 
     def close(self) -> None:
         self.netlink.close()
+        self.generation.close()
+
+    def _listing(self) -> str | None:
+        """connpin's table as `nft list` shows it; from the state when the generation says the
+        ruleset has not changed since it was recorded (no process start on the common path)."""
+        nst = self.state.get("nft", {})
+        gen = self.generation.read()
+        if gen is not None and nst.get("gen") == gen and nst.get("table") == self._table and (
+                "text" in nst):
+            return nst["text"]
+        return nftool.listing("inet", self._table)
 
     def observe(self, config: Config) -> tuple[D.Observed, Installed]:
+        # Re-read what connpin remembers here, under the lock: a long-lived Kernel (the daemon's)
+        # then sees what a `connpin up/down` beside it recorded in between.
+        self.state = state.load()
         self._table = config.pinning.nft_table
         links = self.netlink.links()
         keys = ["conf/all/rp_filter"]
@@ -47,7 +62,7 @@ class Kernel:
         if former not in (None, self._table) and (
                 gone := nftool.listing("inet", former)) is not None:
             stale = ((former, gone),)
-        listing = nftool.listing("inet", self._table)
+        listing = self._listing()
         nst = self.state.get("nft", {})
         in_place = nst.get("ruleset") if listing is not None and sha(listing) == nst.get(
             "listing") else None
@@ -83,9 +98,12 @@ class Kernel:
 
     def committed(self, config: Config, want: D.Desired) -> None:
         """Remember what was verified to be in place, and forget sysctls of vanished links."""
-        listing = nftool.listing("inet", self._table)
+        gen = self.generation.read()  # before listing: a later commit makes it stale, not wrong
+        listing = self._listing()
         if want.ruleset is not None and listing is not None:
             self.state["nft"] = {"ruleset": sha(want.ruleset), "listing": sha(listing)}
+            if gen is not None:
+                self.state["nft"].update(gen=gen, table=self._table, text=listing)
             self.state["slice"] = {
                 "rules": [want.rule_range.start, want.rule_range.stop],
                 "tables": [want.table_range.start, want.table_range.stop],

@@ -1,7 +1,9 @@
-"""The nft tool: replace or delete connpin's table in one transaction, and read it back."""
+"""The nft tool: replace or delete connpin's table in one transaction, and read it back; and the
+ruleset generation (netlink), which tells without running the tool whether anything changed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -36,3 +38,36 @@ def listing(family: str, table: str) -> str | None:
             return None
         raise NftFailure(p.stderr.strip())
     return p.stdout
+
+
+class Generation:
+    """The nf_tables generation id of this namespace: every commit (any table, any tool) bumps it.
+
+    An id equal to the one read before the last listing means that listing is still what the
+    kernel holds, so observing skips `nft list` (a process start) on the common, unchanged path.
+    """
+
+    def __init__(self) -> None:
+        self._sock = None
+
+    def read(self) -> int | None:
+        """The current id, or None when it cannot be read (then callers list the table)."""
+        try:
+            if self._sock is None:
+                from pyroute2.netlink.nfnetlink.nftsocket import NFTSocket
+
+                self._sock = NFTSocket()
+            from pyroute2.netlink import NLM_F_REQUEST
+            from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETGEN, nft_gen_msg
+
+            reply = self._sock.request_get(nft_gen_msg(), NFT_MSG_GETGEN, msg_flags=NLM_F_REQUEST)
+            return int(reply[0].get_attr("NFTA_GEN_ID"))
+        except Exception:  # noqa: BLE001 - an optimisation only: fall back to listing
+            self.close()
+            return None
+
+    def close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(Exception):
+                self._sock.close()
+            self._sock = None
