@@ -60,7 +60,7 @@ def script(hook: Hook, config: str | None) -> str:
 
 
 CONTRIB_HEADER = ("# connpin watch as a systemd service. Set ExecStart to where connpin is\n"
-                  "# installed, or let `connpin hooks install --systemd` write it with the right path.")
+                  "# installed, or let `connpin hooks install --systemd` write it for you.")
 
 
 def unit(config: str | None, exe: str | None = None, header: str | None = None) -> str:
