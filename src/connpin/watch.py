@@ -32,6 +32,8 @@ GAP = 0.02
 RESYNC = 60.0
 #: After a failed converge, retry this soon (doubling up to the resync period).
 RETRY = 1.0
+#: Consecutive failed converges taken for races with the kernel (retried at once, not logged).
+RACES = 2
 #: Test knob: a tiny SO_RCVBUF for the event socket, to force overflows.
 RCVBUF_ENV = "CONNPIN_WATCH_RCVBUF"
 
@@ -120,7 +122,8 @@ class Watcher:
         self.next_resync = 0.0
         self.retry_at: float | None = None
         self.retry_delay = RETRY
-        self.previous: dict[str, tuple[bool, str]] = {}  # interface -> (up, reason) last seen
+        self.troubles = 0  # consecutive converges that failed or did not verify
+        self.previous: dict[str, tuple] = {}  # interface -> (up, reason, route) last seen
         self._stop = False
         self._hup = False
         self.machine: Any = None
@@ -197,26 +200,41 @@ class Watcher:
     def converge(self, why: str) -> None:
         """One engine.converge; log one line per uplink whose state changed."""
         events, self.pending = self.pending, {}
+        error: Exception | None = None
         try:
             out = engine.converge(self.config, machine=self.machine)
         except Exception as e:  # noqa: BLE001 - the daemon stays up and retries
-            self._failed(f"{why}: failed: {e}")
+            error = e
+        # every converge re-reads the whole kernel: the next full resync is due a period later
+        self.last_end = time.monotonic()
+        self.next_resync = self.last_end + self.resync
+        if error is not None:
+            # Often the kernel changed under the converge (an interface vanished between
+            # observing and applying): the next attempt sees that. Only a repeat is a failure.
+            self._trouble(f"{why}: failed: {error}")
             return
-        finally:
-            # every converge re-reads the whole kernel: the next full resync is due a period later
-            self.last_end = time.monotonic()
-            self.next_resync = self.last_end + self.resync
         self._remember(out.result)
         if out.left:
-            self._failed(f"{why}: kernel still differs after applying: "
-                         + "; ".join(map(str, out.left)))
+            # Usually the kernel moved on between applying and verifying (the next event is on
+            # its way): converge again at once, and only call it a failure if it persists.
+            self._trouble(f"{why}: kernel still differs after applying: "
+                          + "; ".join(map(str, out.left)))
         else:
+            self.troubles = 0
             self.retry_at, self.retry_delay = None, RETRY
         self._report(out, why, events)
 
-    def _failed(self, line: str) -> None:
+    def _trouble(self, line: str) -> None:
+        """A converge that failed or did not verify: retry at once the first times (a race with
+        the kernel), then log it and back off (up to the resync period)."""
+        self.troubles += 1
+        if self.troubles <= RACES:
+            if self.verbose:
+                self.log(f"{line} (retrying)")
+            self.retry_at = self.last_end + GAP
+            return
         self.log(line)
-        self.retry_at = time.monotonic() + self.retry_delay
+        self.retry_at = self.last_end + self.retry_delay
         self.retry_delay = min(self.retry_delay * 2, max(self.resync, RETRY))
 
     def _remember(self, result: Any) -> None:
@@ -225,8 +243,8 @@ class Watcher:
 
     def _report(self, out: engine.Outcome, why: str, events: dict[str, list[str]]) -> None:
         now = {s.interface: (s.up, s.reason, s) for s in out.result.desired.uplinks}
-        changed = [iface for iface, (up, reason, _) in now.items()
-                   if self.previous.get(iface) != (up, reason)]
+        changed = [iface for iface, (up, reason, st) in now.items()
+                   if self.previous.get(iface) != (up, reason, st.route)]
         changed += [iface for iface in self.previous if iface not in now]
         n = len(out.result.steps)
         cost = f"{n} change{'s' if n != 1 else ''} in {out.ms:.1f} ms"
@@ -245,7 +263,7 @@ class Watcher:
             self.log(f"{why}: nothing to change ({out.ms:.1f} ms)")
         for note in out.notes:
             self.log(note)
-        self.previous = {iface: (up, reason) for iface, (up, reason, _) in now.items()}
+        self.previous = {iface: (up, reason, st.route) for iface, (up, reason, st) in now.items()}
 
     def reload(self) -> None:
         """SIGHUP: the new config replaces the running one only if it loads."""

@@ -1,0 +1,332 @@
+"""`connpin watch` on the real kernel: the daemon runs inside the lab's router namespace with NO
+hook scripts installed, and must bring the pinning to the plan from rtnetlink events alone.
+
+Convergence is awaited with deadlines (polling `connpin status --json`), never fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+import pytest
+
+from connpin.lab import Lab
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+]
+
+STALL = 1.0  # a pinned connection must never go this long without a round trip
+CONVERGE = 10.0  # deadline for the daemon to bring the kernel to the plan (noisy machine)
+
+
+class Daemon:
+    """A running `connpin watch` and the lines it logged."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_log(self, pattern: str, timeout: float = CONVERGE, after: int = 0) -> str:
+        """The first line (from index `after`) matching `pattern`; fails after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines[after:]:
+                if re.search(pattern, line):
+                    return line
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"no log line matching {pattern!r}:\n{self.log}")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+
+@contextmanager
+def watching(lab: Lab, *args: str, env: dict[str, str] | None = None) -> Iterator[Daemon]:
+    """Start `connpin watch` in the router; yield once it said READY=1 (sd_notify)."""
+    path = lab.workdir / f"notify-{time.monotonic_ns()}.sock"
+    ready = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ready.bind(str(path))
+    ready.settimeout(0.2)
+    full_env = {**os.environ, "CONNPIN_CONFIG": str(lab.config_path), "NOTIFY_SOCKET": str(path),
+                **(env or {})}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "connpin", "--netns", lab.ns("router"), "-c", str(lab.config_path),
+         "watch", "--verbose", *args],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=full_env)
+    daemon = Daemon(proc)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with suppress(TimeoutError):
+                if b"READY=1" in ready.recv(4096):
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the daemon never got ready:\n{daemon.log}")
+        yield daemon
+    finally:
+        ready.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        daemon._reader.join(timeout=5)
+
+
+def status(lab: Lab, *args: str) -> dict:
+    p = lab.connpin("status", "--json", *args, check=False)
+    assert p.returncode in (0, 3), p.stdout + p.stderr
+    return json.loads(p.stdout)
+
+
+def wait_pinned(lab: Lab, up: set[int], daemon: Daemon | None = None,
+                route: dict[int, str] | None = None, timeout: float = CONVERGE) -> dict:
+    """Wait until the kernel matches the plan with exactly the uplinks `up` pinned (and, for
+    `route`, an uplink's table route reading like the given text)."""
+    want = {lab.iface(k): k in up for k in lab.ks}
+    deadline = time.monotonic() + timeout
+    while True:
+        report = status(lab)
+        have = {u["interface"]: u["up"] for u in report["uplinks"]}
+        routes = {u["interface"]: u["route"] or "" for u in report["uplinks"]}
+        if report["in_place"] and all(have.get(i) == w for i, w in want.items()) and all(
+                text in routes.get(lab.iface(k), "") for k, text in (route or {}).items()):
+            return report
+        if time.monotonic() > deadline:
+            log = f"\ndaemon log:\n{daemon.log}" if daemon else ""
+            raise AssertionError(f"not converged to up={sorted(up)}: {report}{log}")
+        time.sleep(0.05)
+
+
+def assert_flowing(probe, rounds: int = 5, timeout: float = 5.0) -> None:
+    probe.reset_gap()
+    assert probe.wait_rounds(rounds, timeout), f"probe stalled (peer {probe.peer})"
+    assert probe.max_gap < STALL, f"probe stalled for {probe.max_gap:.2f}s"
+
+
+def assert_no_failures(daemon: Daemon) -> None:
+    """Races with the kernel are retried at once ("(retrying)", verbose); nothing else failed."""
+    bad = [line for line in daemon.lines if "failed" in line and not line.endswith("(retrying)")]
+    assert not bad, "\n".join(bad)
+
+
+def _no_hooks(lab: Lab) -> None:
+    assert not any(lab.hooks_root.rglob("*")), "these tests run without hook scripts"
+
+
+def story_outbound(lab: Lab, daemon: Daemon) -> None:
+    """A connection over the backup keeps working after the preferred uplink returns."""
+    lab.uplink_up(2)
+    wait_pinned(lab, {2}, daemon)
+    probe = lab.probe()
+    try:
+        assert probe.wait_rounds(3, 5.0)
+        assert lab.uplink_of(probe.peer) == 2
+        lab.uplink_up(1)
+        wait_pinned(lab, {1, 2}, daemon)
+        assert lab.uplink_of(lab.connect()) == 1, "new connections take the preferred uplink"
+        assert_flowing(probe)
+        assert lab.uplink_of(probe.peer) == 2
+    finally:
+        probe.close()
+
+
+def story_inbound(lab: Lab, daemon: Daemon) -> None:
+    """Connections arriving on the backup (to the router, port-forwarded) answer over it."""
+    lab.uplink_up(2)
+    lab.uplink_up(1)
+    wait_pinned(lab, {1, 2}, daemon)
+    assert lab.connect(src="net", dst=lab.address(2), port=7) is not None, "to the router"
+    assert lab.connect(src="net", dst=lab.address(2), port=8080) is not None, "port forward"
+    probe = lab.probe(src="net", dst=lab.address(2), port=8080)
+    try:
+        assert_flowing(probe)
+    finally:
+        probe.close()
+
+
+def test_watch_pins_ppp_uplinks_without_hooks() -> None:
+    with Lab(uplinks=("ppp", "ppp")) as lab:
+        lab.write_config(lab.default_config(masquerade=True))
+        with watching(lab) as daemon:
+            _no_hooks(lab)
+            story_outbound(lab, daemon)
+            story_inbound(lab, daemon)
+            lab.uplink_down(1)  # the interface vanishes
+            wait_pinned(lab, {2}, daemon)
+            assert lab.uplink_of(lab.connect()) == 2
+            daemon.wait_log(r"isp1 ppp0: down \(no such interface\)")
+            assert_no_failures(daemon)
+
+
+def test_watch_survives_flaps_with_new_addresses() -> None:
+    with Lab(uplinks=("ppp", "ppp")) as lab:
+        lab.write_config(lab.default_config(masquerade=True))
+        with watching(lab) as daemon:
+            lab.uplink_up(2)
+            wait_pinned(lab, {2}, daemon)
+            probe = lab.probe()
+            try:
+                assert probe.wait_rounds(3, 5.0) and lab.uplink_of(probe.peer) == 2
+                probe.reset_gap()
+                for i in range(20):
+                    lab.uplink_up(1, address=f"100.64.1.{10 + i}")  # a new address each time
+                    lab.uplink_down(1)
+                lab.uplink_up(1, address="100.64.1.200")
+                wait_pinned(lab, {1, 2}, daemon)
+                assert lab.uplink_of(lab.connect()) == 1
+                assert probe.max_gap < STALL, f"stalled {probe.max_gap:.2f}s during flaps"
+                assert_flowing(probe)
+            finally:
+                probe.close()
+            rules = lab.exec("router", ["ip", "-4", "rule", "show"]).stdout.splitlines()
+            band = [r for r in rules if r.startswith("1000")]
+            assert len(band) == 4 + 2, band  # base rules + one fwmark lookup per live uplink
+            assert_no_failures(daemon)
+
+
+def test_watch_ethernet_gateway_auto_and_dhcp_renumbering() -> None:
+    with Lab(uplinks=("eth", "eth")) as lab:
+        lab.write_config(lab.default_config(masquerade=True))
+        with watching(lab) as daemon:
+            story_outbound(lab, daemon)
+            story_inbound(lab, daemon)
+            wait_pinned(lab, {1, 2}, daemon, route={1: "via 198.51.100.17 dev wan1"})
+            # the DHCP client moves the default route to another gateway; no hook runs
+            lab.exec("router", ["ip", "route", "replace", "default", "via", "198.51.100.19",
+                                "dev", "wan1", "metric", "10"])
+            wait_pinned(lab, {1, 2}, daemon, route={1: "via 198.51.100.19 dev wan1"})
+            daemon.wait_log(r"isp1 wan1: up, default via 198.51.100.19 dev wan1 table \d+ \[.*"
+                            r"default via 198.51.100.19 dev wan1 added")
+            # the lease ends: the default route goes, the address stays
+            lab.exec("router", ["ip", "route", "del", "default", "dev", "wan1"])
+            wait_pinned(lab, {2}, daemon)
+            assert lab.uplink_of(lab.connect()) == 2
+
+
+def test_watch_mixed_ppp_and_ethernet() -> None:
+    with Lab(uplinks=("ppp", "eth")) as lab:
+        lab.write_config(lab.default_config(masquerade=True))
+        with watching(lab) as daemon:
+            story_outbound(lab, daemon)
+            story_inbound(lab, daemon)
+
+
+def test_watch_converges_after_event_socket_overflow() -> None:
+    """Freeze the daemon, overflow its tiny socket buffer, bring an uplink up meanwhile (its
+    events are the ones dropped): the daemon must notice the overflow and resync."""
+    with Lab(uplinks=("ppp", "ppp")) as lab:
+        lab.write_config(lab.default_config(masquerade=True))
+        env = {"CONNPIN_WATCH_RCVBUF": "4096"}
+        with watching(lab, "--resync", "3600", env=env) as daemon:
+            lab.uplink_up(2)
+            wait_pinned(lab, {2}, daemon)
+            daemon.signal(signal.SIGSTOP)
+            try:
+                flood = "".join(f"address add 10.99.{i // 250}.{i % 250 + 1}/32 dev lan0\n"
+                                for i in range(400))
+                lab.exec("router", ["ip", "-batch", "-"], input=flood)
+                lab.uplink_up(1)
+                assert not status(lab)["in_place"], "the daemon is frozen: nothing pinned yet"
+            finally:
+                daemon.signal(signal.SIGCONT)
+            daemon.wait_log("overflowed")
+            wait_pinned(lab, {1, 2}, daemon)
+            assert lab.uplink_of(lab.connect()) == 1
+
+
+def test_watch_sighup_reloads_config_and_keeps_the_old_one_when_bad() -> None:
+    with Lab(uplinks=("ppp", "ppp")) as lab:
+        good = lab.default_config(masquerade=True)
+        lab.write_config(good)
+        kept = lab.workdir / "kept.toml"
+        kept.write_text(good)
+        with watching(lab) as daemon:
+            lab.uplink_up(1)
+            wait_pinned(lab, {1}, daemon)
+            ruleset = lab.exec("router", ["nft", "list", "table", "inet", "connpin"]).stdout
+            rules = lab.exec("router", ["ip", "-4", "rule", "show"]).stdout
+            lab.write_config(good + "\n[[uplink]]\nname = \"isp3\"\ninterface = \"ppp0\"\n")
+            mark = len(daemon.lines)
+            daemon.signal(signal.SIGHUP)
+            line = daemon.wait_log("keeping the running config", after=mark)
+            assert str(lab.config_path) in line and "uplink[2] (isp3).interface" in line, line
+            assert daemon.proc.poll() is None
+            assert lab.exec("router", ["nft", "list", "table", "inet", "connpin"]).stdout == ruleset
+            assert lab.exec("router", ["ip", "-4", "rule", "show"]).stdout == rules
+            # the running (old) config still drives the pinning
+            lab.uplink_up(2)
+            deadline = time.monotonic() + CONVERGE
+            while not (r := status(lab, "-c", str(kept)))["in_place"] or not all(
+                    u["up"] for u in r["uplinks"]):
+                assert time.monotonic() < deadline, f"{r}\n{daemon.log}"
+                time.sleep(0.05)
+            # a good config takes effect
+            lab.write_config(lab.default_config(masquerade=False))
+            mark = len(daemon.lines)
+            daemon.signal(signal.SIGHUP)
+            daemon.wait_log("config reloaded", after=mark)
+            wait_pinned(lab, {1, 2}, daemon)
+            ruleset = lab.exec("router", ["nft", "list", "table", "inet", "connpin"]).stdout
+            assert "masquerade" not in ruleset
+
+
+def test_watch_stops_on_sigterm_and_leaves_the_pinning() -> None:
+    with Lab(uplinks=("ppp", "ppp")) as lab:
+        lab.write_config(lab.default_config(masquerade=True))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with watching(lab) as daemon:
+                lab.uplink_up(1)
+                wait_pinned(lab, {1}, daemon)
+                daemon.signal(sig)
+                assert daemon.proc.wait(timeout=CONVERGE) == 0, daemon.log
+                daemon._reader.join(timeout=5)
+                assert "pinning left installed" in daemon.log
+            wait_pinned(lab, {1}, timeout=0.5)
+            assert lab.uplink_of(lab.connect()) == 1
+
+
+def test_hooks_beside_the_daemon_are_harmless() -> None:
+    """Both ways at once: hook scripts run `connpin up/down` while the daemon reacts to the same
+    changes; the lock serializes them and the end state is the plan."""
+    with Lab(uplinks=("ppp", "ppp")) as lab:
+        lab.write_config(lab.default_config(masquerade=True))
+        lab.connpin("hooks", "install", "--ppp", "--root", lab.hooks_root)
+        with watching(lab) as daemon:
+            lab.uplink_up(2)
+            probe = lab.probe()
+            try:
+                assert probe.wait_rounds(3, 5.0) and lab.uplink_of(probe.peer) == 2
+                for i in range(5):
+                    lab.uplink_up(1, address=f"100.64.1.{20 + i}")  # hooks raise if they fail
+                    lab.uplink_down(1)
+                lab.uplink_up(1)
+                wait_pinned(lab, {1, 2}, daemon)
+                assert_flowing(probe)
+            finally:
+                probe.close()
+            assert_no_failures(daemon)
