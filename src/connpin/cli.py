@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     add("remove", help="remove everything connpin installed")
     wp = add("watch", help="daemon: follow the kernel's uplink events (no hooks needed)")
     wp.add_argument("-v", "--verbose", action="store_true", help="log every event and resync")
-    wp.add_argument("--resync", type=float, default=60.0, metavar="SECONDS",
+    wp.add_argument("--resync", type=_seconds, default=60.0, metavar="SECONDS",
                     help="re-read the whole kernel at least this often (default 60)")
     hp = add("hooks", help="install or remove hook scripts")
     hp.add_argument("action", choices=["install", "remove"])
@@ -77,6 +77,16 @@ def _parser() -> argparse.ArgumentParser:
     lp = add("lab", help="a network lab in namespaces: demo, up, down, exec")
     lp.add_argument("args", nargs=argparse.REMAINDER)
     return p
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 1e6:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def _config_path(args: argparse.Namespace) -> str:
@@ -165,8 +175,6 @@ def _machine() -> Any:
 def _watch(config: model.Config, args: argparse.Namespace) -> int:
     from connpin import watch
 
-    if not args.resync > 0:
-        raise Usage("--resync must be a positive number of seconds")
     return watch.run(_config_path(args), config, verbose=args.verbose, resync=args.resync)
 
 
