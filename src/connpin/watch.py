@@ -65,7 +65,7 @@ class Events:
     """
 
     def __init__(self, rcvbuf: int | None = None) -> None:
-        from pyroute2 import IPRoute
+        from pyroute2.iproute import IPRoute
         from pyroute2.netlink import rtnl
 
         groups = (rtnl.RTMGRP_LINK | rtnl.RTMGRP_IPV4_IFADDR | rtnl.RTMGRP_IPV4_ROUTE

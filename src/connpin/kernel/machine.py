@@ -47,7 +47,8 @@ class Kernel:
                 keys += [f"conf/{name}/rp_filter", f"conf/{name}/src_valid_mark"]
         keys += list(self.state.get("sysctls", {}))
         values = {k: v for k in keys if (v := sysctl.read(k)) is not None}
-        observed = D.Observed(links, self.netlink.main_gateways(), values)
+        dump = self.netlink.route_dump()
+        observed = D.Observed(links, self.netlink.main_gateways(dump), values)
         rule_range, table_range = D.owned(config)
         # After a change of pinning.* ranges or table name, what connpin installed under the old
         # ones is still its own: observe it too, so the diff removes it.
@@ -68,7 +69,7 @@ class Kernel:
             "listing") else None
         installed = Installed(
             rules=tuple(self.netlink.rules(*rule_ranges)),
-            routes=tuple(self.netlink.routes(*table_ranges)),
+            routes=tuple(self.netlink.routes(*table_ranges, dump=dump)),
             nft_listing=listing,
             nft_in_place=in_place,
             saved_sysctls=dict(self.state.get("sysctls", {})),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from pyroute2 import IPRoute
+from pyroute2.iproute import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from connpin.desired import MAIN_TABLE, Link, Route, Rule
@@ -52,10 +52,17 @@ class Netlink:
             self.links()
         return self._names.get(index, f"if{index}")
 
-    def main_gateways(self) -> dict[str, str]:
+    def route_dump(self) -> list:
+        """All IPv4 routes, once: both main's gateways and connpin's tables are read from it
+        (one request instead of two on the path from an event to the pinning)."""
+        return list(self.ipr.route("dump", family=socket.AF_INET))
+
+    def main_gateways(self, dump: list | None = None) -> dict[str, str]:
         """Per interface, the gateway of its best default route in the main table."""
         best: dict[str, tuple[int, str]] = {}
-        for r in self.ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
+        if dump is None:
+            dump = self.ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE)
+        for r in dump:
             if r["dst_len"] != 0 or r.get_attr("RTA_TABLE", r["table"]) != MAIN_TABLE:
                 continue
             gw, oif = r.get_attr("RTA_GATEWAY"), r.get_attr("RTA_OIF")
@@ -90,10 +97,10 @@ class Netlink:
             ))
         return out
 
-    def routes(self, *tables: range) -> list[Route]:
+    def routes(self, *tables: range, dump: list | None = None) -> list[Route]:
         """IPv4 routes of the tables in `tables`."""
         out = []
-        for r in self.ipr.route("dump", family=socket.AF_INET):
+        for r in self.route_dump() if dump is None else dump:
             table = r.get_attr("RTA_TABLE") or r["table"]
             if not any(table in t for t in tables):
                 continue
@@ -122,8 +129,13 @@ class Netlink:
             kw["suppress_prefixlen"] = rule.suppress_prefixlength
         self._call(f"ip rule {op} {rule}", self.ipr.rule, op, **kw)
 
+    def _index(self, name: str) -> list[int]:
+        """The interface's index as last observed (no request), else looked up."""
+        known = [i for i, n in self._names.items() if n == name]
+        return known or self.ipr.link_lookup(ifname=name)
+
     def route(self, op: str, route: Route) -> None:
-        index = self.ipr.link_lookup(ifname=route.oif)
+        index = self._index(route.oif)
         if op == "del" and route.dst != "default":
             kw: dict = {"dst": route.dst, "table": route.table, "scope": RT_SCOPE_NOWHERE}
         else:
