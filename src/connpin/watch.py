@@ -32,6 +32,8 @@ GAP = 0.02
 RESYNC = 60.0
 #: After a failed converge, retry this soon (doubling up to the resync period).
 RETRY = 1.0
+#: failback = "flush-idle": least time between two looks for connections gone idle.
+SWEEP = 1.0
 #: Consecutive failed converges taken for races with the kernel (retried at once, not logged).
 RACES = 2
 #: Test knob: a tiny SO_RCVBUF for the event socket, to force overflows.
@@ -124,6 +126,7 @@ class Watcher:
         self.retry_delay = RETRY
         self.troubles = 0  # consecutive converges that failed or did not verify
         self.previous: dict[str, tuple] = {}  # interface -> (up, reason, route) last seen
+        self.sweep_at: float | None = None  # failback = "flush-idle": next look for idle ones
         self._stop = False
         self._hup = False
         self.machine: Any = None
@@ -263,7 +266,25 @@ class Watcher:
             self.log(f"{why}: nothing to change ({out.ms:.1f} ms)")
         for note in out.notes:
             self.log(note)
+        if out.notes and self.sweep_at is None and engine.pending():
+            self.sweep_at = time.monotonic() + SWEEP
         self.previous = {iface: (up, reason, st.route) for iface, (up, reason, st) in now.items()}
+
+    def sweep(self) -> None:
+        """failback = "flush-idle": flush the busy connections that went idle meanwhile (what
+        `connpin sweep --follow` does for hooks), then come back when the next may be due."""
+        from connpin import pins
+        from connpin.kernel import state
+
+        try:
+            with state.locked():
+                n, wait = pins.sweep(self.config)
+        except Exception as e:  # noqa: BLE001 - keep watching; try again later
+            self.log(f"sweep failed: {e}")
+            n, wait = 0, self.resync
+        if n:
+            self.log(f"sweep: {n} idle connection(s) flushed")
+        self.sweep_at = None if wait is None else time.monotonic() + min(max(wait, SWEEP), 30.0)
 
     def reload(self) -> None:
         """SIGHUP: the new config replaces the running one only if it loads."""
@@ -289,6 +310,8 @@ class Watcher:
         self.machine = Kernel()
         try:
             self.converge("start")
+            if engine.pending():  # a restart picks up busy connections still waiting
+                self.sweep_at = time.monotonic() + SWEEP
             uplinks = ", ".join(f"{u.name}={u.interface}" for u in self.config.uplinks)
             self.log(f"watching {uplinks or 'no uplinks'} (resync every {self.resync:g} s)")
             notify("READY=1\nSTATUS=watching")
@@ -312,6 +335,8 @@ class Watcher:
             due = min(due, self.last_end + GAP)
         if self.retry_at is not None:
             due = min(due, self.retry_at)
+        if self.sweep_at is not None:
+            due = min(due, self.sweep_at)
         return due
 
     def _loop(self, events: Events, wake_r: int) -> None:
@@ -338,6 +363,10 @@ class Watcher:
             now = time.monotonic()
             if now < self._due():
                 continue
+            if self.sweep_at is not None and now >= self.sweep_at:
+                self.sweep()
+                if now < self._due():
+                    continue
             if self.overflowed:
                 self.overflowed = False
                 self.converge("resync after overflow")

@@ -330,3 +330,26 @@ def test_hooks_beside_the_daemon_are_harmless() -> None:
             finally:
                 probe.close()
             assert_no_failures(daemon)
+
+
+def test_watch_carries_out_failback_without_hooks() -> None:
+    """failback lives in engine.converge: the daemon applies it on the events alone."""
+    with Lab(uplinks=("ppp", "ppp")) as lab:
+        lab.write_config(lab.default_config(masquerade=True, failback="flush"))
+        with watching(lab) as daemon:
+            lab.uplink_up(2)
+            wait_pinned(lab, {2}, daemon)
+            probe = lab.probe()
+            try:
+                assert probe.wait_rounds(2, 5.0) and lab.uplink_of(probe.peer) == 2
+                lab.uplink_up(1)
+                deadline = time.monotonic() + CONVERGE
+                while probe.error is None:
+                    assert time.monotonic() < deadline, f"not reset:\n{daemon.log}"
+                    time.sleep(0.05)
+                assert isinstance(probe.error, ConnectionResetError), probe.error
+            finally:
+                probe.close()
+            daemon.wait_log(r"flushed")
+            assert lab.uplink_of(lab.connect()) == 1
+            assert_no_failures(daemon)
