@@ -66,8 +66,8 @@ CONTRIB_HEADER = ("# connpin watch as a systemd service. Set ExecStart to where 
 def unit(config: str | None, exe: str | None = None, header: str | None = None) -> str:
     """The systemd unit of `connpin watch` (Type=notify: ready once the first converge ran).
 
-    Ordered after nftables.service, whose `flush ruleset` would otherwise remove connpin's
-    table (the periodic resync would put it back, but only a period later)."""
+    Ordered after nftables.service, so its boot-time `flush ruleset` comes first (a later
+    flush is an nf_tables event the daemon repairs at once)."""
     cmd = exe or command(config)
     if exe and config:
         cmd += f" -c {shlex.quote(os.path.abspath(config))}"
@@ -78,6 +78,7 @@ def unit(config: str | None, exe: str | None = None, header: str | None = None) 
         "Documentation=man:ip-rule(8) man:nft(8)\n"
         "After=network-pre.target nftables.service\n"
         "Wants=network-pre.target\n"
+
         "\n"
         "[Service]\n"
         "Type=notify\n"

@@ -3,9 +3,11 @@ hook script is needed whatever brings uplinks up (pppd, a DHCP client, NetworkMa
 
 Events are hints, never the state: each one names an interface, and when that interface belongs
 to a configured uplink the daemon runs the same `engine.converge` as `apply`/`up`/`down`, which
-re-reads the kernel. A lone event is handled at once; a burst is coalesced into one converge at
-most every `GAP` seconds. The whole kernel is re-read at start, after the event socket overflowed
-(ENOBUFS: events were lost) and every `resync` seconds, so a lost event costs at most one period.
+re-reads the kernel. nf_tables events about connpin's own table (another program flushing or
+editing it, e.g. a firewall reload) trigger the same converge. A lone event is handled at once;
+a burst is coalesced into one converge at most every `GAP` seconds. The whole kernel is re-read
+at start, after an event socket overflowed (ENOBUFS: events were lost) and every `resync`
+seconds, so a lost event costs at most one period.
 
 Signals: SIGHUP reloads the config (a bad one is reported and the running one kept), SIGTERM and
 SIGINT stop cleanly and leave the pinning installed (`connpin remove` uninstalls).
@@ -45,6 +47,13 @@ RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 IFF_UP = 0x1
 MAIN_TABLE = 254
 UNKNOWN = "?"  # an interface index not seen yet
+NFT_KEY = "nft"  # pending key of nf_tables events
+NFPROTO_INET = 1
+NFT_VERBS = {0: "table added", 2: "table deleted", 3: "chain added", 5: "chain deleted",
+             6: "rule added", 8: "rule deleted", 9: "set added", 11: "set deleted",
+             12: "element added", 14: "element deleted"}
+NFT_TABLE_ATTRS = ("NFTA_TABLE_NAME", "NFTA_CHAIN_TABLE", "NFTA_RULE_TABLE", "NFTA_SET_TABLE",
+                   "NFTA_SET_ELEM_LIST_TABLE")
 
 
 def notify(message: str) -> None:
@@ -66,13 +75,20 @@ class Events:
     seen exactly where the kernel reports it and no message waits in a hidden queue.
     """
 
-    def __init__(self, rcvbuf: int | None = None) -> None:
-        from pyroute2.iproute import IPRoute
-        from pyroute2.netlink import rtnl
+    def __init__(self, rcvbuf: int | None = None, nftables: bool = False) -> None:
+        if nftables:  # nf_tables changes: another program flushing or editing connpin's table
+            from pyroute2.netlink.nfnetlink import NFNLGRP_NFTABLES
+            from pyroute2.netlink.nfnetlink.nftsocket import NFTSocket
 
-        groups = (rtnl.RTMGRP_LINK | rtnl.RTMGRP_IPV4_IFADDR | rtnl.RTMGRP_IPV4_ROUTE
-                  | rtnl.RTMGRP_IPV6_IFADDR | rtnl.RTMGRP_IPV6_ROUTE)
-        self.ipr = IPRoute()
+            self.ipr: Any = NFTSocket()
+            groups = 1 << (NFNLGRP_NFTABLES - 1)
+        else:
+            from pyroute2.iproute import IPRoute
+            from pyroute2.netlink import rtnl
+
+            self.ipr = IPRoute()
+            groups = (rtnl.RTMGRP_LINK | rtnl.RTMGRP_IPV4_IFADDR | rtnl.RTMGRP_IPV4_ROUTE
+                      | rtnl.RTMGRP_IPV6_IFADDR | rtnl.RTMGRP_IPV6_ROUTE)
         if rcvbuf:
             self.ipr.asyncore.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.ipr.bind(groups=groups)
@@ -182,6 +198,32 @@ class Watcher:
             return name, f"{route} {'added' if kind == RTM_NEWROUTE else 'removed'}"
         return None
 
+    def classify_nft(self, msg: Any) -> str | None:
+        """What happened to connpin's nft table (deleted, flushed, edited), else None."""
+        kind = msg["header"]["type"] & 0xFF
+        if kind not in NFT_VERBS or msg.get("nfgen_family") != NFPROTO_INET:
+            return None
+        for attr in NFT_TABLE_ATTRS:
+            with contextlib.suppress(Exception):
+                table = msg.get_attr(attr)
+                if table is not None:
+                    break
+        else:
+            return None
+        mine = {self.config.pinning.nft_table}
+        if table not in mine:
+            return None
+        return f"nft table inet {table}: {NFT_VERBS[kind]}"
+
+    def take_nft(self, messages: list[Any]) -> None:
+        for msg in messages:
+            what = self.classify_nft(msg)
+            if what is None:
+                continue
+            if self.verbose:
+                self.log(f"event: {what}")
+            self.pending.setdefault(NFT_KEY, []).append(what)
+
     def relevant(self, name: str) -> bool:
         if name == UNKNOWN:
             return True  # cannot be ruled out
@@ -261,7 +303,8 @@ class Watcher:
             seen = "; ".join(events.get(iface, [])) or why
             self.log(f"{name} {iface}: {state} [{seen}] {cost}")
         if n and not changed:
-            self.log(f"{why}: repaired {cost}: " + "; ".join(map(str, out.result.steps)))
+            seen = "; ".join(w for ws in events.values() for w in ws) or why
+            self.log(f"repaired {cost}: " + "; ".join(map(str, out.result.steps)) + f" [{seen}]")
         elif self.verbose and not changed:
             self.log(f"{why}: nothing to change ({out.ms:.1f} ms)")
         for note in out.notes:
@@ -307,6 +350,7 @@ class Watcher:
         handled = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
         old = {s: signal.signal(s, self._on_signal) for s in handled}
         events = Events(rcvbuf)  # bound before the first converge: nothing falls in between
+        nft_events = Events(rcvbuf, nftables=True)
         self.machine = Kernel()
         try:
             self.converge("start")
@@ -315,10 +359,11 @@ class Watcher:
             uplinks = ", ".join(f"{u.name}={u.interface}" for u in self.config.uplinks)
             self.log(f"watching {uplinks or 'no uplinks'} (resync every {self.resync:g} s)")
             notify("READY=1\nSTATUS=watching")
-            self._loop(events, wake_r)
+            self._loop(events, nft_events, wake_r)
         finally:
             notify("STOPPING=1")
             events.close()
+            nft_events.close()
             self.machine.close()
             signal.set_wakeup_fd(old_wakeup)
             for s, h in old.items():
@@ -339,11 +384,11 @@ class Watcher:
             due = min(due, self.sweep_at)
         return due
 
-    def _loop(self, events: Events, wake_r: int) -> None:
+    def _loop(self, events: Events, nft_events: Events, wake_r: int) -> None:
         while not self._stop:
             timeout = max(0.0, self._due() - time.monotonic())
             if not self._hup:
-                readable, _, _ = select.select([events, wake_r], [], [], timeout)
+                readable, _, _ = select.select([events, nft_events, wake_r], [], [], timeout)
                 if wake_r in readable:
                     with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 512)
@@ -351,6 +396,9 @@ class Watcher:
                 break
             messages, overflow = events.read()
             self.take(messages)
+            nft_messages, nft_overflow = nft_events.read()
+            self.take_nft(nft_messages)
+            overflow = overflow or nft_overflow
             if overflow:
                 self.log("event socket overflowed (events lost): full resync")
                 self.overflowed = True

@@ -353,3 +353,19 @@ def test_watch_carries_out_failback_without_hooks() -> None:
             daemon.wait_log(r"flushed")
             assert lab.uplink_of(lab.connect()) == 1
             assert_no_failures(daemon)
+
+
+def test_watch_restores_its_nft_table_after_another_program_flushes_it() -> None:
+    """A firewall reload (`nft flush ruleset`) is an nf_tables event: repaired at once, not at
+    the next resync (set to an hour here)."""
+    with Lab(uplinks=("ppp", "ppp")) as lab:
+        lab.write_config(lab.default_config(masquerade=True))
+        with watching(lab, "--resync", "3600") as daemon:
+            lab.uplink_up(1)
+            wait_pinned(lab, {1}, daemon)
+            lab.exec("router", ["nft", "delete", "table", "inet", "connpin"])
+            wait_pinned(lab, {1}, daemon)
+            daemon.wait_log(r"repaired .*nft table inet connpin: table deleted")
+            lab.exec("router", ["nft", "flush", "ruleset"])
+            wait_pinned(lab, {1}, daemon)
+            assert_no_failures(daemon)
