@@ -135,6 +135,7 @@ class Watcher:
                                               flush=True))
         self.names: dict[int, str] = {}  # ifindex -> name, from observations and link events
         self.pending: dict[str, list[str]] = {}  # interface -> what happened to it
+        self.renamed: list[tuple[str, str]] = []  # old names of renamed links, for take()
         self.overflowed = False
         self.last_end = 0.0
         self.next_resync = 0.0
@@ -177,6 +178,8 @@ class Watcher:
                 if old is None:
                     what = f"appeared ({what})"
                 elif old != name:
+                    # the old name may be the uplink: it is gone as far as connpin is concerned
+                    self.renamed.append((old, f"renamed to {name}"))
                     what = f"renamed from {old} ({what})"
             return (name, what) if name else None
         if kind in (RTM_NEWADDR, RTM_DELADDR):
@@ -231,15 +234,14 @@ class Watcher:
 
     def take(self, messages: list[Any]) -> None:
         for msg in messages:
-            got = self.classify(msg)
-            if got is None:
-                continue
-            name, what = got
-            if not self.relevant(name):
-                continue
-            if self.verbose:
-                self.log(f"event: {name}: {what}")
-            self.pending.setdefault(name, []).append(what)
+            got = [self.classify(msg), *self.renamed]
+            self.renamed.clear()
+            for name, what in filter(None, got):
+                if not self.relevant(name):
+                    continue
+                if self.verbose:
+                    self.log(f"event: {name}: {what}")
+                self.pending.setdefault(name, []).append(what)
 
     # -- converging -------------------------------------------------------------------------------
     def converge(self, why: str) -> None:
