@@ -226,6 +226,7 @@ class Watcher:
             if self.verbose:
                 self.log(f"event: {what}")
             self.pending.setdefault(NFT_KEY, []).append(what)
+            self.troubles = 0
 
     def relevant(self, name: str) -> bool:
         if name == UNKNOWN:
@@ -242,6 +243,7 @@ class Watcher:
                 if self.verbose:
                     self.log(f"event: {name}: {what}")
                 self.pending.setdefault(name, []).append(what)
+                self.troubles = 0  # the kernel moved: a failure before it was likely a race
 
     # -- converging -------------------------------------------------------------------------------
     def converge(self, why: str) -> None:
@@ -273,7 +275,9 @@ class Watcher:
 
     def _trouble(self, line: str) -> None:
         """A converge that failed or did not verify: retry at once the first times (a race with
-        the kernel), then log it and back off (up to the resync period)."""
+        the kernel: an interface vanished between reading and applying), then log it and back
+        off (up to the resync period). Any relevant event resets the count: only a failure that
+        repeats while the kernel stands still is reported."""
         self.troubles += 1
         if self.troubles <= RACES:
             if self.verbose:
