@@ -268,6 +268,10 @@ def breakdown(lab: Lab, reps: int) -> tuple[list[tuple[str, float]], list[tuple[
         "sh -c true (shell start)": ["sh", "-c", "true"],
         "ip rule show (one ip command)": ["ip", "rule", "show"],
         "python -I -c pass (interpreter)": [py, "-I", "-c", "pass"],
+        "python: import pyroute2 whole (`from pyroute2 import IPRoute`)": [
+            py, "-I", "-c", "from pyroute2 import IPRoute"],
+        "python: import pyroute2 lazily (connpin.kernel.netlink)": [
+            py, "-I", "-c", "import connpin.kernel.netlink"],
         "python: import what `connpin up` imports": [
             py, "-I", "-c", "import connpin.cli, connpin.model, connpin.engine, "
             "connpin.kernel.machine"],
@@ -346,7 +350,7 @@ def report(rows, stages, heavy, reps: int, out: Path) -> int:
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                      for r in table)
-    where = "\n".join(f"  {k:<45} {v:7.1f} ms" for k, v in stages)
+    where = "\n".join(f"  {k:<62} {v:7.1f} ms" for k, v in stages)
     imp = "\n".join(f"  {k:<45} {v:7.1f} ms" for k, v in heavy)
     machine = f"{platform.node()}, Linux {platform.release()}, {os.cpu_count()} CPUs"
     print(f"event (uplink up with its address) -> connpin's rule and route in place, "
