@@ -261,6 +261,8 @@ class Watcher:
             # Often the kernel changed under the converge (an interface vanished between
             # observing and applying): the next attempt sees that. Only a repeat is a failure.
             self._trouble(f"{why}: failed: {error}")
+            for iface, whats in events.items():  # keep them for the next attempt's log line
+                self.pending[iface] = whats + self.pending.get(iface, [])
             return
         self._remember(out.result)
         if out.left:
@@ -382,7 +384,7 @@ class Watcher:
     def _due(self) -> float:
         """When the next converge is due (may be in the past), or the resync time."""
         due = self.next_resync
-        if self.pending or self.overflowed:
+        if (self.pending or self.overflowed) and self.troubles <= RACES:  # not while backing off
             due = min(due, self.last_end + GAP)
         if self.retry_at is not None:
             due = min(due, self.retry_at)

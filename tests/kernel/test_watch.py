@@ -37,12 +37,14 @@ class Daemon:
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.proc = proc
         self.lines: list[str] = []
+        self.times: list[float] = []  # when each line arrived
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
+            self.times.append(time.monotonic())
             self.lines.append(line.rstrip("\n"))
 
     @property
@@ -369,3 +371,30 @@ def test_watch_restores_its_nft_table_after_another_program_flushes_it() -> None
             lab.exec("router", ["nft", "flush", "ruleset"])
             wait_pinned(lab, {1}, daemon)
             assert_no_failures(daemon)
+
+
+def test_watch_backs_off_on_a_persistent_failure_and_recovers(tmp_path) -> None:
+    """A failure that repeats with the kernel standing still is logged and retried with a
+    growing delay (no busy loop); once the cause is gone the daemon converges by itself."""
+    import shutil
+
+    flag = tmp_path / "broken"
+    flag.touch()
+    fake = tmp_path / "nft"
+    real = shutil.which("nft") or "/usr/sbin/nft"
+    fake.write_text(f"#!/bin/sh\n[ -e {flag} ] && {{ echo 'Error: injected' >&2; exit 1; }}\n"
+                    f"exec {real} \"$@\"\n")
+    fake.chmod(0o755)
+    with Lab(uplinks=("ppp", "ppp")) as lab:
+        lab.write_config(lab.default_config(masquerade=True))
+        lab.uplink_up(1)
+        with watching(lab, env={"CONNPIN_NFT": str(fake)}) as daemon:
+            first = daemon.wait_log(r"failed: .*injected$")  # the fast retries were spent
+            i = daemon.lines.index(first)
+            second = daemon.wait_log(r"failed: .*injected$", after=i + 1)
+            j = daemon.lines.index(second, i + 1)
+            assert daemon.times[j] - daemon.times[i] > 0.8, "backs off, no busy loop"
+            assert sum("injected" in line for line in daemon.lines[i:j]) == 1, daemon.log
+            assert daemon.proc.poll() is None
+            flag.unlink()
+            wait_pinned(lab, {1}, daemon)
