@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 
 import pytest
 
@@ -398,3 +399,51 @@ def test_watch_backs_off_on_a_persistent_failure_and_recovers(tmp_path) -> None:
             assert daemon.proc.poll() is None
             flag.unlink()
             wait_pinned(lab, {1}, daemon)
+
+
+@contextmanager
+def frozen(lab: Lab, daemon: Daemon) -> Iterator[None]:
+    """SIGSTOP the daemon while it is idle (connpin's lock taken first, so it is never stopped
+    in the middle of a converge), SIGCONT afterwards."""
+    import fcntl
+
+    from connpin.kernel import netns, state
+
+    with netns.inside(lab.ns("router")):
+        lock = os.path.join(state.directory(), "lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        daemon.signal(signal.SIGSTOP)
+        deadline = time.monotonic() + CONVERGE
+        stat = Path(f"/proc/{daemon.proc.pid}/stat")
+        while stat.read_text().rsplit(")", 1)[1].split()[0] != "T":
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    finally:
+        os.close(fd)
+    try:
+        yield
+    finally:
+        daemon.signal(signal.SIGCONT)
+
+
+def test_watch_rereads_what_hooks_beside_it_recorded() -> None:
+    """A hook running while the daemon waits records the rp_filter it changed; the daemon's next
+    converge must keep that record (it re-reads connpin's state under the lock), so `remove`
+    still puts the original value back."""
+    with Lab(uplinks=("ppp", "ppp")) as lab:
+        lab.set_sysctl("router", "net.ipv4.conf.all.rp_filter", 1)
+        lab.set_sysctl("router", "net.ipv4.conf.default.rp_filter", 1)
+        lab.write_config(lab.default_config(masquerade=True))
+        lab.connpin("hooks", "install", "--ppp", "--root", lab.hooks_root)
+        with watching(lab) as daemon:
+            with frozen(lab, daemon):
+                lab.uplink_up(1)  # the hook converges; the daemon's events wait
+                assert lab.get_sysctl("router", "net.ipv4.conf.ppp0.rp_filter") == "2"
+            daemon.wait_log(r"isp1 ppp0: up")
+            wait_pinned(lab, {1}, daemon)
+            daemon.signal(signal.SIGTERM)
+            assert daemon.proc.wait(timeout=CONVERGE) == 0
+        lab.connpin("remove")
+        assert lab.get_sysctl("router", "net.ipv4.conf.ppp0.rp_filter") == "1"
