@@ -129,13 +129,14 @@ class Netlink:
             kw["suppress_prefixlen"] = rule.suppress_prefixlength
         self._call(f"ip rule {op} {rule}", self.ipr.rule, op, **kw)
 
-    def _index(self, name: str) -> list[int]:
-        """The interface's index as last observed (no request), else looked up."""
-        known = [i for i, n in self._names.items() if n == name]
+    def _index(self, name: str, op: str) -> list[int]:
+        """The interface's index as last observed (no request on the way to the pinning), else
+        looked up; always looked up to delete, where the interface may be gone meanwhile."""
+        known = [i for i, n in self._names.items() if n == name] if op != "del" else []
         return known or self.ipr.link_lookup(ifname=name)
 
     def route(self, op: str, route: Route) -> None:
-        index = self._index(route.oif)
+        index = self._index(route.oif, op)
         if op == "del" and route.dst != "default":
             kw: dict = {"dst": route.dst, "table": route.table, "scope": RT_SCOPE_NOWHERE}
         else:
