@@ -200,17 +200,22 @@ class Bench:
 
     def prepare(self) -> bool:
         """ppp0 present with its address but down; the daemon (running) has removed what it
-        installed for it. Returns whether the rule for the table is per uplink (disappears)."""
+        installed for it. Returns whether the rule for the table is per uplink (it went away;
+        a rule still there a second after the route is one that stays whatever the uplink does,
+        and then only the route is waited for)."""
         self.lab.uplink_up(1)
         self.ctl.link("set", index=self._idx(), flags=0, change=IFF_UP)
-        deadline = time.monotonic() + 10
+        deadline, route_gone = time.monotonic() + 10, None
         while True:
             rule, route = self._pinned()
+            now = time.monotonic()
             if not route and not rule:
                 return True
-            if time.monotonic() > deadline:
-                if not route:
-                    return False  # the rule stays whatever the uplink does: wait for the route
+            if not route:
+                route_gone = route_gone or now
+                if now - route_gone > 1.0:
+                    return False
+            elif now > deadline:
                 raise RuntimeError("connpin's route for ppp0 stayed after the link went down")
             time.sleep(0.002)
 
