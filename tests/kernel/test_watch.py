@@ -447,3 +447,39 @@ def test_watch_rereads_what_hooks_beside_it_recorded() -> None:
             assert daemon.proc.wait(timeout=CONVERGE) == 0
         lab.connpin("remove")
         assert lab.get_sysctl("router", "net.ipv4.conf.ppp0.rp_filter") == "1"
+
+
+def test_watch_pattern_uplink_follows_interfaces_as_they_come_and_go() -> None:
+    """`interface = "ppp*"`: each matching interface gets its own mark when it appears (a new
+    ruleset: the nft path), and loses it when it goes."""
+    with Lab(uplinks=("ppp", "ppp")) as lab:
+        lab.write_config('[[uplink]]\nname = "dsl"\ninterface = "ppp*"\nmasquerade = true\n')
+
+        def pinned_now() -> set[str]:
+            report = status(lab)
+            if not report["in_place"]:
+                return {"<drift>"}
+            return {u["interface"] for u in report["uplinks"] if u["up"]}
+
+        def wait(want: set[str], daemon: Daemon) -> None:
+            deadline = time.monotonic() + CONVERGE
+            while (have := pinned_now()) != want:
+                assert time.monotonic() < deadline, f"{have} != {want}\n{daemon.log}"
+                time.sleep(0.05)
+
+        with watching(lab) as daemon:
+            lab.uplink_up(2)
+            wait({"ppp1"}, daemon)
+            probe = lab.probe()
+            try:
+                assert probe.wait_rounds(2, 5.0) and lab.uplink_of(probe.peer) == 2
+                lab.uplink_up(1)
+                wait({"ppp0", "ppp1"}, daemon)
+                assert lab.uplink_of(lab.connect()) == 1
+                assert_flowing(probe)
+                lab.uplink_down(1)
+                wait({"ppp1"}, daemon)
+                assert_flowing(probe)
+            finally:
+                probe.close()
+            assert_no_failures(daemon)
