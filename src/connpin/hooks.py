@@ -66,8 +66,9 @@ CONTRIB_HEADER = ("# connpin watch as a systemd service. Set ExecStart to where 
 def unit(config: str | None, exe: str | None = None, header: str | None = None) -> str:
     """The systemd unit of `connpin watch` (Type=notify: ready once the first converge ran).
 
-    Ordered after nftables.service, so its boot-time `flush ruleset` comes first (a later
-    flush is an nf_tables event the daemon repairs at once)."""
+    Ordered after nftables.service, whose boot-time `flush ruleset` must come first (a later
+    flush is an nf_tables event the daemon repairs at once). Nothing else: uplinks already up
+    when it starts are pinned by its first converge."""
     cmd = exe or command(config)
     if exe and config:
         cmd += f" -c {shlex.quote(os.path.abspath(config))}"
@@ -76,9 +77,7 @@ def unit(config: str | None, exe: str | None = None, header: str | None = None) 
         "[Unit]\n"
         "Description=connpin: connection pinning that follows the uplinks (rtnetlink events)\n"
         "Documentation=man:ip-rule(8) man:nft(8)\n"
-        "After=network-pre.target nftables.service\n"
-        "Wants=network-pre.target\n"
-
+        "After=nftables.service\n"
         "\n"
         "[Service]\n"
         "Type=notify\n"
