@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2 import config as pconfig
 from pyroute2 import netns as pnetns
 
 from connpin.kernel import netns
@@ -47,6 +48,12 @@ PREFIX = "cpl-"
 STATE_DIR = Path("/run/connpin-lab")
 KINDS = ("ppp", "eth")
 MAX_UPLINKS = 15  # eth customer subnets are 198.51.100.(16k)/28
+
+# pyroute2 creates namespaces (and sockets in them) from a forked child and gives it 2 s to
+# answer; a new namespace waits for the kernel to finish tearing down old ones, which on a busy
+# 2-core machine running several labs can take longer. Wait instead of failing the build.
+pconfig.default_communicate_timeout = 30
+pconfig.default_create_socket_timeout = 30
 
 IFF_UP = 0x1
 IFF_NOARP = 0x80
