@@ -6,7 +6,7 @@ Pure. The observation is passed in (`Observed`), so `plan` can feed an imagined 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from connpin import alloc
 from connpin.alloc import Slot
@@ -35,6 +35,9 @@ class Observed:
     gateways: dict[str, str] = field(default_factory=dict)  # iface -> main default gateway
     sysctls: dict[str, int] = field(default_factory=dict)  # "conf/<iface>/<key>" -> value
     imagined: bool = False  # True for `plan`: every exact uplink is assumed up
+    # iface -> gateway of its best IPv6 default route in main (None: a `dev` route)
+    gateways6: dict[str, str | None] = field(default_factory=dict)
+    ipv6: bool = True  # the kernel has IPv6 (rules of family inet6 can exist)
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,17 @@ class Rule:
     fwmask: int | None = None
     goto: int | None = None
     suppress_prefixlength: int | None = None
+    family: int = 4  # 4 or 6: `ip rule` or `ip -6 rule`
+
+    @property
+    def ip(self) -> str:
+        """The iproute2 command prefix of this family."""
+        return "ip -6" if self.family == 6 else "ip"
 
     def key(self) -> tuple:
-        """Sort key (kernel order first); unset fields sort first, never compared with None."""
-        return (self.priority, self.action, self.table, *(
+        """Sort key (IPv4 first, then kernel order); unset fields sort first, never compared
+        with None."""
+        return (self.family, self.priority, self.action, self.table, *(
             -1 if v is None else v
             for v in (self.fwmark, self.fwmask, self.goto, self.suppress_prefixlength)))
 
@@ -78,9 +88,14 @@ class Route:
     oif: str
     gateway: str | None = None  # None: point-to-point (`default dev`)
     dst: str = "default"  # only drift found in connpin's tables is ever anything else
+    family: int = 4  # 4 or 6
+
+    @property
+    def ip(self) -> str:
+        return "ip -6" if self.family == 6 else "ip"
 
     def key(self) -> tuple:
-        return (self.table, self.dst, self.oif, self.gateway or "")
+        return (self.family, self.table, self.dst, self.oif, self.gateway or "")
 
     def __str__(self) -> str:
         via = f"via {self.gateway} " if self.gateway else ""
@@ -98,6 +113,11 @@ class UplinkState:
     reason: str  # why it is up or down, for status and plan
     route: Route | None
     masquerade: bool
+    up6: bool = False  # IPv6: independent of IPv4 (an uplink without IPv6 is IPv4-only)
+    reason6: str = ""
+    route6: Route | None = None
+    nptv6: tuple[tuple[str, str], ...] = ()
+    masquerade6: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,7 +141,7 @@ def owned(config: Config) -> tuple[range, range]:
     return pin.rule_range, range(pin.table_base, pin.table_base + cap)
 
 
-def base_rules(config: Config) -> tuple[Rule, ...]:
+def base_rules(config: Config, family: int = 4) -> tuple[Rule, ...]:
     """The rules that exist whenever connpin is applied, whichever uplinks are up.
 
     P+0: unmarked packets skip the band at the cost of one rule;
@@ -132,16 +152,16 @@ def base_rules(config: Config) -> tuple[Rule, ...]:
     """
     p, mask = config.pinning.rule_priority, config.pinning.mark_mask
     return (
-        Rule(p, "goto", fwmark=0, fwmask=mask, goto=p + 4),
-        Rule(p + 1, "lookup", table=MAIN_TABLE, suppress_prefixlength=0),
-        Rule(p + 3, "unreachable"),
-        Rule(p + 4, "nop"),
+        Rule(p, "goto", fwmark=0, fwmask=mask, goto=p + 4, family=family),
+        Rule(p + 1, "lookup", table=MAIN_TABLE, suppress_prefixlength=0, family=family),
+        Rule(p + 3, "unreachable", family=family),
+        Rule(p + 4, "nop", family=family),
     )
 
 
-def uplink_rule(config: Config, s: Slot) -> Rule:
+def uplink_rule(config: Config, s: Slot, family: int = 4) -> Rule:
     return Rule(config.pinning.rule_priority + 2, "lookup", table=s.table,
-                fwmark=s.mark, fwmask=config.pinning.mark_mask)
+                fwmark=s.mark, fwmask=config.pinning.mark_mask, family=family)
 
 
 def slots(config: Config, observed: Observed) -> list[tuple[Uplink, str, Slot]]:
@@ -159,6 +179,40 @@ def slots(config: Config, observed: Observed) -> list[tuple[Uplink, str, Slot]]:
 
 def _uplink_state(u: Uplink, ifname: str, s: Slot, observed: Observed,
                   going_down: frozenset[str]) -> UplinkState:
+    v4 = _state4(u, ifname, s, observed, going_down)
+    up6, reason6, route6 = _state6(u, ifname, s, observed, going_down)
+    return replace(v4, up6=up6, reason6=reason6, route6=route6, nptv6=u.nptv6,
+                   masquerade6=u.masquerade6)
+
+
+def _state6(u: Uplink, ifname: str, s: Slot, observed: Observed,
+            going_down: frozenset[str]) -> tuple[bool, str, Route | None]:
+    """IPv6 of one uplink interface: up when main has an IPv6 default route out of it (or a
+    static gateway6 is configured); the table routes `dev` for point-to-point links and via the
+    (link-local) gateway for Ethernet-like ones."""
+    if observed.imagined:
+        gw = (u.gateway6 if u.gateway6 not in (None, AUTO)
+              else "<auto>" if u.ethernet6 else None)
+        return True, "assumed up (plan)", Route(s.table, ifname, gw, family=6)
+    if not observed.ipv6:
+        return False, "IPv6 is disabled in the kernel", None
+    link = observed.links.get(ifname)
+    if ifname in going_down:
+        return False, "going down (hook)", None
+    if link is None:
+        return False, "no such interface", None
+    if not link.up:
+        return False, "interface is down", None
+    if u.gateway6 not in (None, AUTO):
+        return True, "up", Route(s.table, ifname, u.gateway6, family=6)
+    if ifname not in observed.gateways6:
+        return False, "no IPv6 default route in main (IPv4-only)", None
+    gw = observed.gateways6[ifname] if u.ethernet6 else None
+    return True, "up", Route(s.table, ifname, gw, family=6)
+
+
+def _state4(u: Uplink, ifname: str, s: Slot, observed: Observed,
+            going_down: frozenset[str]) -> UplinkState:
     def down(reason: str) -> UplinkState:
         return UplinkState(u.name, ifname, s, False, reason, None, u.masquerade)
 
@@ -206,7 +260,11 @@ def compute(config: Config, observed: Observed,
     states = [_uplink_state(u, i, s, observed, going_down) for u, i, s in slots(config, observed)]
     rules = list(base_rules(config))
     rules += [uplink_rule(config, st.slot) for st in states if st.up]
+    if observed.ipv6 or observed.imagined:
+        rules += base_rules(config, 6)
+        rules += [uplink_rule(config, st.slot, 6) for st in states if st.up6]
     routes = [st.route for st in states if st.route is not None]
+    routes += [st.route6 for st in states if st.route6 is not None]
     rule_range, table_range = owned(config)
     return Desired(
         nft_table=config.pinning.nft_table,

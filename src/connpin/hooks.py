@@ -22,6 +22,12 @@ class Hook:
 PPP = (
     Hook("etc/ppp/ip-up.d/connpin", '$CONNPIN up -- "$PPP_IFACE"\n'),
     Hook("etc/ppp/ip-down.d/connpin", '$CONNPIN down -- "$PPP_IFACE"\n'),
+    # pppd runs ipv6-up/ipv6-down on their own (IPV6CP can come and go without IPCP): connpin
+    # reconciles both families on every call, so the same commands fit. `down` on ipv6-down
+    # would take the IPv4 side away too; `up` re-reads the kernel instead (the IPv6 default
+    # route is gone by then, so only the IPv6 side is removed).
+    Hook("etc/ppp/ipv6-up.d/connpin", '$CONNPIN up -- "$PPP_IFACE"\n'),
+    Hook("etc/ppp/ipv6-down.d/connpin", '$CONNPIN up -- "$PPP_IFACE"\n'),
 )
 NETWORKMANAGER = (
     Hook("etc/NetworkManager/dispatcher.d/50-connpin",

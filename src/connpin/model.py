@@ -60,6 +60,18 @@ class Uplink:
     priority: int = 0  # lower is preferred; 0 = not given (parse sets the position in the file)
     failback: str | None = None  # None: pinning.failback
     on_down: str = "keep"  # keep | flush: this uplink's pinned connections when it goes down
+    # IPv6: None = like `gateway` (dev for point-to-point, learned from main's IPv6 default route
+    # for Ethernet-like uplinks); "auto" = learned; else a static (usually link-local) gateway.
+    gateway6: str | None = None
+    # NPTv6 (stateful prefix translation): ((inside prefix, outside prefix), ...)
+    nptv6: tuple[tuple[str, str], ...] = ()
+    # IPv6 masquerade (NAT66) is its own switch: delegated prefixes usually need no NAT at all.
+    masquerade6: bool = False
+
+    @property
+    def ethernet6(self) -> bool:
+        """Its IPv6 default route goes via a gateway (not `dev`)."""
+        return self.gateway6 is not None or self.gateway is not None
 
     @property
     def is_pattern(self) -> bool:
@@ -115,7 +127,7 @@ class Config:
 _PINNING_KEYS = {"mark_mask", "table_base", "rule_priority", "sysctl", "nft_table", "failback",
                  "failback_idle"}
 _UPLINK_KEYS = {"name", "interface", "gateway", "masquerade", "mark", "priority", "failback",
-                "on_down"}
+                "on_down", "gateway6", "nptv6", "masquerade6"}
 FAILBACK = ("keep", "flush", "flush-idle")
 ON_DOWN = ("keep", "flush")
 
@@ -249,7 +261,38 @@ def _uplink(path: str, i: int, raw: Any, pinning: Pinning) -> Uplink:
     if failback is not None:
         failback = _choice(path, f"{where}.failback", failback, FAILBACK)
     on_down = _choice(path, f"{where}.on_down", raw.get("on_down", "keep"), ON_DOWN)
-    return Uplink(name, iface, gateway, masq, mark, priority, failback, on_down)
+    gateway6 = raw.get("gateway6")
+    if gateway6 is not None and gateway6 != "auto":
+        try:
+            gateway6 = str(ipaddress.IPv6Address(gateway6))
+        except (ValueError, TypeError):
+            raise ConfigError(
+                path, f"{where}.gateway6", f"{gateway6!r} is not an IPv6 address or \"auto\""
+            ) from None
+    nptv6 = _nptv6(path, f"{where}.nptv6", raw.get("nptv6", {}))
+    masq6 = _bool(path, f"{where}.masquerade6", raw.get("masquerade6", False))
+    return Uplink(name, iface, gateway, masq, mark, priority, failback, on_down, gateway6,
+                  nptv6, masq6)
+
+
+def _nptv6(path: str, fld: str, raw: Any) -> tuple[tuple[str, str], ...]:
+    """`{ "fd00:77::/64" = "2001:db8:1:77::/64" }`: inside prefix -> outside prefix, same length."""
+    if not isinstance(raw, dict):
+        raise ConfigError(path, fld,
+                          'must be a table like { "fd00:77::/64" = "2001:db8:1:77::/64" }')
+    out = []
+    for inside, outside in raw.items():
+        nets = []
+        for text in (inside, outside):
+            try:
+                nets.append(ipaddress.IPv6Network(text, strict=True))
+            except (ValueError, TypeError):
+                raise ConfigError(path, fld, f"{text!r} is not an IPv6 prefix like "
+                                  "\"2001:db8:1:77::/64\" (host bits zero)") from None
+        if nets[0].prefixlen != nets[1].prefixlen:
+            raise ConfigError(path, fld, f"{inside} and {outside} must have the same length")
+        out.append((str(nets[0]), str(nets[1])))
+    return tuple(sorted(out))
 
 
 def _check_whole(config: Config) -> None:

@@ -46,7 +46,7 @@ class Step:
             key, value = self.obj
             verb = "restore" if self.op == "restore" else "set"
             return f"sysctl {verb} net.ipv4.{key.replace('/', '.')}={value}"
-        return f"ip {self.kind} {self.op} {self.obj}"
+        return f"{self.obj.ip} {self.kind} {self.op} {self.obj}"
 
 
 class Machine(Protocol):
@@ -78,14 +78,15 @@ def diff(want: D.Desired, observed: D.Observed, have: Installed) -> list[Step]:
         steps.append(Step("nft", want.nft_table, want.ruleset, have.nft_listing))
 
     have_routes = set(have.routes)
-    current = {r.table: r for r in have.routes if r.dst == "default"}
+    current = {(r.family, r.table): r for r in have.routes if r.dst == "default"}
     replaced = set()
     for r in want.routes:
         if r in have_routes:
             continue
-        if r.table in current:
-            steps.append(Step("route", "replace", r, current[r.table]))
-            replaced.add(current[r.table])
+        if (r.family, r.table) in current:
+            old = current[r.family, r.table]
+            steps.append(Step("route", "replace", r, old))
+            replaced.add(old)
         else:
             steps.append(Step("route", "add", r))
 

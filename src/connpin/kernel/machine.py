@@ -3,6 +3,8 @@ All in the network namespace the process is in (the CLI enters `--netns` first).
 
 from __future__ import annotations
 
+import os
+
 from connpin import desired as D
 from connpin.kernel import nft as nftool
 from connpin.kernel import state, sysctl
@@ -48,7 +50,12 @@ class Kernel:
         keys += list(self.state.get("sysctls", {}))
         values = {k: v for k in keys if (v := sysctl.read(k)) is not None}
         dump = self.netlink.route_dump()
-        observed = D.Observed(links, self.netlink.main_gateways(dump), values)
+        ipv6 = os.path.isdir("/proc/sys/net/ipv6")
+        dump6 = self.netlink.route_dump(6) if ipv6 else []
+        observed = D.Observed(links, self.netlink.main_gateways(dump), values,
+                              gateways6=self.netlink.main_gateways6(dump6) if ipv6 else {},
+                              ipv6=ipv6)
+        families = (4, 6) if ipv6 else (4,)
         rule_range, table_range = D.owned(config)
         # After a change of pinning.* ranges or table name, what connpin installed under the old
         # ones is still its own: observe it too, so the diff removes it.
@@ -68,8 +75,9 @@ class Kernel:
         in_place = nst.get("ruleset") if listing is not None and sha(listing) == nst.get(
             "listing") else None
         installed = Installed(
-            rules=tuple(self.netlink.rules(*rule_ranges)),
-            routes=tuple(self.netlink.routes(*table_ranges, dump=dump)),
+            rules=tuple(self.netlink.rules(*rule_ranges, families=families)),
+            routes=tuple(self.netlink.routes(*table_ranges, dump=dump, dump6=dump6,
+                                             families=families)),
             nft_listing=listing,
             nft_in_place=in_place,
             saved_sysctls=dict(self.state.get("sysctls", {})),

@@ -16,6 +16,9 @@ _ACTION_IDS = {v: k for k, v in _ACTIONS.items()}
 _UNSET32 = 0xFFFFFFFF
 RT_SCOPE_LINK = 253
 RT_SCOPE_NOWHERE = 255
+RTN_UNICAST = 1
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+_FAMILY = {v: k for k, v in _AF.items()}
 
 
 class NetlinkFailure(Exception):
@@ -52,10 +55,10 @@ class Netlink:
             self.links()
         return self._names.get(index, f"if{index}")
 
-    def route_dump(self) -> list:
-        """All IPv4 routes, once: both main's gateways and connpin's tables are read from it
-        (one request instead of two on the path from an event to the pinning)."""
-        return list(self.ipr.route("dump", family=socket.AF_INET))
+    def route_dump(self, family: int = 4) -> list:
+        """All routes of a family, once: both main's gateways and connpin's tables are read from
+        it (one request instead of two on the path from an event to the pinning)."""
+        return list(self.ipr.route("dump", family=_AF[family]))
 
     def main_gateways(self, dump: list | None = None) -> dict[str, str]:
         """Per interface, the gateway of its best default route in the main table."""
@@ -74,10 +77,29 @@ class Netlink:
                 best[name] = (metric, gw)
         return {k: v[1] for k, v in best.items()}
 
-    def rules(self, *bands: range) -> list[Rule]:
-        """IPv4 rules whose priority lies in one of `bands`."""
+    def main_gateways6(self, dump: list | None = None) -> dict[str, str | None]:
+        """Per interface with an IPv6 default route in main: the gateway of the best one
+        (None for a `dev` route, as on point-to-point links)."""
+        best: dict[str, tuple[int, str | None]] = {}
+        if dump is None:
+            dump = self.ipr.get_routes(family=socket.AF_INET6, table=MAIN_TABLE)
+        for r in dump:
+            if r["dst_len"] != 0 or r["type"] != RTN_UNICAST or \
+                    r.get_attr("RTA_TABLE", r["table"]) != MAIN_TABLE:
+                continue
+            oif = r.get_attr("RTA_OIF")
+            if oif is None:
+                continue
+            metric = r.get_attr("RTA_PRIORITY") or 0
+            name = self._name(oif)
+            if name not in best or metric < best[name][0]:
+                best[name] = (metric, r.get_attr("RTA_GATEWAY"))
+        return {k: v[1] for k, v in best.items()}
+
+    def rules(self, *bands: range, families: tuple[int, ...] = (4,)) -> list[Rule]:
+        """Rules (of these families, 4 and/or 6) whose priority lies in one of `bands`."""
         out = []
-        for r in self.ipr.get_rules(family=socket.AF_INET):
+        for r in (r for f in families for r in self.ipr.get_rules(family=_AF[f])):
             prio = r.get_attr("FRA_PRIORITY") or 0
             if not any(prio in band for band in bands):
                 continue
@@ -94,19 +116,26 @@ class Netlink:
                 fwmask=mask if mark is not None else None,
                 goto=r.get_attr("FRA_GOTO"),
                 suppress_prefixlength=None if sup in (None, _UNSET32) else sup,
+                family=_FAMILY[r["family"]],
             ))
         return out
 
-    def routes(self, *tables: range, dump: list | None = None) -> list[Route]:
-        """IPv4 routes of the tables in `tables`."""
+    def routes(self, *tables: range, dump: list | None = None, dump6: list | None = None,
+               families: tuple[int, ...] = (4,)) -> list[Route]:
+        """Routes (of these families) of the tables in `tables`; `dump`/`dump6`: route_dump()s
+        already read."""
         out = []
-        for r in self.route_dump() if dump is None else dump:
-            table = r.get_attr("RTA_TABLE") or r["table"]
-            if not any(table in t for t in tables):
-                continue
-            dst = r.get_attr("RTA_DST")
-            out.append(Route(table, self._name(r.get_attr("RTA_OIF")), r.get_attr("RTA_GATEWAY"),
-                             "default" if not r["dst_len"] else f"{dst}/{r['dst_len']}"))
+        for f in families:
+            rows = (dump if f == 4 else dump6)
+            for r in self.route_dump(f) if rows is None else rows:
+                table = r.get_attr("RTA_TABLE") or r["table"]
+                if not any(table in t for t in tables):
+                    continue
+                dst = r.get_attr("RTA_DST")
+                out.append(Route(table, self._name(r.get_attr("RTA_OIF")),
+                                 r.get_attr("RTA_GATEWAY"),
+                                 "default" if not r["dst_len"] else f"{dst}/{r['dst_len']}",
+                                 family=f))
         return out
 
     # -- apply -------------------------------------------------------------------------------
@@ -118,7 +147,7 @@ class Netlink:
 
     def rule(self, op: str, rule: Rule) -> None:
         kw: dict = {"priority": rule.priority, "action": _ACTION_IDS[rule.action],
-                    "family": socket.AF_INET}
+                    "family": _AF[rule.family]}
         if rule.action == "lookup":
             kw["table"] = rule.table
         if rule.fwmark is not None:
@@ -137,16 +166,21 @@ class Netlink:
 
     def route(self, op: str, route: Route) -> None:
         index = self._index(route.oif, op)
+        v6 = route.family == 6
         if op == "del" and route.dst != "default":
-            kw: dict = {"dst": route.dst, "table": route.table, "scope": RT_SCOPE_NOWHERE}
+            kw: dict = {"dst": route.dst, "table": route.table, "family": _AF[route.family]}
+            if not v6:
+                kw["scope"] = RT_SCOPE_NOWHERE
         else:
             if not index and op != "del":
-                raise NetlinkFailure(f"ip route {op} {route}: no interface {route.oif}")
-            kw = {"dst": "0.0.0.0/0", "table": route.table, "family": socket.AF_INET}
+                raise NetlinkFailure(f"{route.ip} route {op} {route}: no interface {route.oif}")
+            kw = {"dst": "::/0" if v6 else "0.0.0.0/0", "table": route.table,
+                  "family": _AF[route.family]}
             if index:
                 kw["oif"] = index[0]
             if route.gateway:
                 kw["gateway"] = route.gateway
-            kw["scope"] = RT_SCOPE_NOWHERE if op == "del" else (
-                RT_SCOPE_LINK if not route.gateway else 0)
-        self._call(f"ip route {op} {route}", self.ipr.route, op, **kw)
+            if not v6:  # IPv6 routes have no scope
+                kw["scope"] = RT_SCOPE_NOWHERE if op == "del" else (
+                    RT_SCOPE_LINK if not route.gateway else 0)
+        self._call(f"{route.ip} route {op} {route}", self.ipr.route, op, **kw)

@@ -17,6 +17,19 @@ if TYPE_CHECKING:
 
 HEADER = "# connpin ruleset: generated, replaced as a whole on every apply; do not edit.\n"
 
+#: Never pinned nor re-routed: link-local and multicast (IPv6), and neighbour discovery, router
+#: solicitations/advertisements and redirects (ICMPv6 133-137).
+NEVER_PINNED6 = ("fe80::/10", "ff00::/8")
+ND_TYPES = ("nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit",
+            "nd-neighbor-advert", "nd-redirect")
+_SKIP6 = (
+    "\t\t# IPv6: neighbour discovery, router advertisements, link-local and multicast are\n"
+    "\t\t# never pinned nor re-routed\n"
+    f"\t\ticmpv6 type {{ {', '.join(ND_TYPES)} }} accept\n"
+    "\t\tip6 saddr @never_pinned6 accept\n"
+    "\t\tip6 daddr @never_pinned6 accept\n"
+)
+
 
 def _hex(v: int) -> str:
     return f"{v:#010x}"
@@ -31,6 +44,8 @@ def body(config: Config, uplinks: Sequence[UplinkState]) -> str:
     markmap = ",\n\t\t\t".join(f"{_hex(u.slot.mark)} : jump restore_{u.slot.index}"
                                   for u in uplinks)
     masq = sorted({u.interface for u in uplinks if u.masquerade})
+    masq6 = sorted({u.interface for u in uplinks if u.masquerade6})
+    npt = [u for u in uplinks if u.nptv6]
     out = [f"table inet {name} {{"]
     out.append("\t# interface of a new connection -> its uplink's pin chain")
     out.append("\tmap uplink_by_iface {\n\t\ttype ifname : verdict")
@@ -45,6 +60,11 @@ def body(config: Config, uplinks: Sequence[UplinkState]) -> str:
     if masq:
         elems = ", ".join(f'"{i}"' for i in masq)
         out.append(f"\tset masq_ifaces {{\n\t\ttype ifname\n\t\telements = {{ {elems} }}\n\t}}\n")
+    if masq6:
+        elems = ", ".join(f'"{i}"' for i in masq6)
+        out.append(f"\tset masq6_ifaces {{\n\t\ttype ifname\n\t\telements = {{ {elems} }}\n\t}}\n")
+    out.append("\tset never_pinned6 {\n\t\ttype ipv6_addr\n\t\tflags interval\n"
+               f"\t\telements = {{ {', '.join(NEVER_PINNED6)} }}\n\t}}\n")
     for u in uplinks:  # one slot per interface: alloc never gives two the same mark
         out.append(f"\t# {u.uplink} ({u.interface}): {_hex(u.slot.mark)}, table {u.slot.table}")
         out.append(f"\tchain pin_{u.slot.index} {{\n"
@@ -58,6 +78,9 @@ def body(config: Config, uplinks: Sequence[UplinkState]) -> str:
         "\t\ttype filter hook prerouting priority mangle; policy accept;\n"
         "\t\tmeta nfproto ipv4 ct state new iifname vmap @uplink_by_iface\n"
         f"\t\tmeta nfproto ipv4 ct mark and {_hex(mask)} vmap @restore_by_mark\n"
+        + _SKIP6 +
+        "\t\tmeta nfproto ipv6 ct state new iifname vmap @uplink_by_iface\n"
+        f"\t\tmeta nfproto ipv6 ct mark and {_hex(mask)} vmap @restore_by_mark\n"
         "\t}\n"
     )
     out.append(
@@ -65,6 +88,8 @@ def body(config: Config, uplinks: Sequence[UplinkState]) -> str:
         "\tchain output {\n"
         "\t\ttype route hook output priority mangle; policy accept;\n"
         f"\t\tmeta nfproto ipv4 ct mark and {_hex(mask)} vmap @restore_by_mark\n"
+        + _SKIP6 +
+        f"\t\tmeta nfproto ipv6 ct mark and {_hex(mask)} vmap @restore_by_mark\n"
         "\t}\n"
     )
     out.append(
@@ -73,15 +98,36 @@ def body(config: Config, uplinks: Sequence[UplinkState]) -> str:
         "\t\ttype filter hook postrouting priority mangle; policy accept;\n"
         f"\t\tmeta nfproto ipv4 ct state new ct mark and {_hex(mask)} == 0 "
         "oifname vmap @uplink_by_iface\n"
+        + _SKIP6 +
+        f"\t\tmeta nfproto ipv6 ct state new ct mark and {_hex(mask)} == 0 "
+        "oifname vmap @uplink_by_iface\n"
         "\t}"
     )
-    if masq:
+    if masq or masq6 or npt:
         out.append(
             "\n\tchain nat_out {\n"
-            "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
-            "\t\tmeta nfproto ipv4 oifname @masq_ifaces masquerade\n"
-            "\t}"
+            "\t\ttype nat hook postrouting priority srcnat; policy accept;"
         )
+        if masq:
+            out.append("\t\tmeta nfproto ipv4 oifname @masq_ifaces masquerade")
+        if masq6:
+            out.append("\t\tmeta nfproto ipv6 oifname @masq6_ifaces masquerade")
+        for u in npt:
+            pairs = ", ".join(f"{i} : {o}" for i, o in u.nptv6)
+            out.append(f'\t\toifname "{u.interface}" snat ip6 prefix to ip6 saddr map '
+                       f"{{ {pairs} }}")
+        out.append("\t}")
+    if npt:
+        out.append(
+            "\n\t# NPTv6: connections arriving for an outside prefix reach the inside one\n"
+            "\tchain nat_in {\n"
+            "\t\ttype nat hook prerouting priority dstnat; policy accept;"
+        )
+        for u in npt:
+            pairs = ", ".join(f"{o} : {i}" for i, o in u.nptv6)
+            out.append(f'\t\tiifname "{u.interface}" dnat ip6 prefix to ip6 daddr map '
+                       f"{{ {pairs} }}")
+        out.append("\t}")
     out.append("}")
     return "\n".join(out) + "\n"
 

@@ -19,6 +19,13 @@ def _uplinks(result: Any) -> list[dict]:
             "state": s.reason,
             "route": str(s.route) if s.route else None,
             "masquerade": s.masquerade,
+            "ipv6": {
+                "up": s.up6,
+                "state": s.reason6,
+                "route": str(s.route6) if s.route6 else None,
+                "masquerade": s.masquerade6,
+                "nptv6": {i: o for i, o in s.nptv6},
+            },
         }
         for s in result.desired.uplinks
     ]
@@ -33,8 +40,10 @@ def as_dict(config: Config, result: Any, live: bool) -> dict:
         "tables": [d.table_range.start, d.table_range.stop - 1],
         "uplinks": _uplinks(result),
         "nft": d.ruleset,
-        "rules": [str(r) for r in d.rules],
-        "routes": [str(r) for r in d.routes],
+        "rules": [str(r) for r in d.rules if r.family == 4],
+        "routes": [str(r) for r in d.routes if r.family == 4],
+        "rules6": [str(r) for r in d.rules if r.family == 6],
+        "routes6": [str(r) for r in d.routes if r.family == 6],
         "sysctls": {k: v for k, v in d.sysctls},
         "patterns": [u.interface for u in config.uplinks if u.is_pattern],
         "on_transitions": steer.describe(config),
@@ -51,10 +60,13 @@ def text(config: Config, result: Any, live: bool) -> str:
                  f"{d.rule_range.start}..{d.rule_range.stop - 1}, tables "
                  f"{d.table_range.start}..{d.table_range.stop - 1}, nft table inet {d.nft_table}")
     lines.append("#")
-    rows = [("uplink", "interface", "mark", "table", "state", "masquerade")]
+    rows = [("uplink", "interface", "mark", "table", "state", "masquerade", "ipv6")]
     for u in _uplinks(result):
+        v6 = u["ipv6"]
+        nat6 = "masquerade" if v6["masquerade"] else "nptv6" if v6["nptv6"] else "no nat"
         rows.append((u["uplink"], u["interface"], u["mark"], str(u["table"]), u["state"],
-                     "yes" if u["masquerade"] else "no"))
+                     "yes" if u["masquerade"] else "no",
+                     f"{v6['state']}, {nat6}" if v6["up"] else v6["state"]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         cells = "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
@@ -74,15 +86,17 @@ def text(config: Config, result: Any, live: bool) -> str:
     lines.append(d.ruleset.rstrip("\n"))
     lines.append("")
     lines.append("# 2. routing, through netlink (shown as iproute2 commands); an uplink's rule")
-    lines.append("#    and route exist only while it is up:")
-    lines += [f"ip rule add {r}" for r in d.rules]
-    lines += [f"ip route add {r}" for r in d.routes]
+    lines.append("#    and route exist only while it is up (IPv6: while main has an IPv6 default")
+    lines.append("#    route on it; the same priorities and tables in the IPv6 family):")
+    lines += [f"{r.ip} rule add {r}" for r in d.rules]
+    lines += [f"{r.ip} route add {r}" for r in d.routes]
     lines.append("")
     if config.pinning.sysctl:
         lines.append("# 3. sysctls, on each uplink while it is up: rp_filter=2 (loose) where the "
                      "effective value is 1 (strict),")
         lines.append("#    and src_valid_mark=1; put back by `connpin remove` "
-                     "(pinning.sysctl = false leaves them alone)")
+                     "(pinning.sysctl = false leaves them alone);")
+        lines.append("#    IPv6 has no rp_filter: no IPv6 sysctl is changed")
     else:
         lines.append("# 3. sysctls: left alone (pinning.sysctl = false)")
     policies = steer.describe(config)

@@ -12,20 +12,29 @@ def build(config: Config, result: Any,
     """`pinned`: interface -> (connections, bytes or None) counted in conntrack."""
     have_rules = set(result.installed.rules)
     have_routes = set(result.installed.routes)
-    want_rules = {(r.fwmark, r.table): r for r in result.desired.rules if r.action == "lookup"
-                  and r.fwmark is not None}
+    want_rules = {(r.family, r.fwmark, r.table): r for r in result.desired.rules
+                  if r.action == "lookup" and r.fwmark is not None}
+
+    def in_place(s: Any, family: int, up: bool, route: Any) -> tuple[bool, bool]:
+        rule = want_rules.get((family, s.slot.mark, s.slot.table))
+        rule_ok = (rule in have_rules) if up else not any(
+            r.table == s.slot.table and r.family == family for r in have_rules)
+        route_ok = (route in have_routes) if up else not any(
+            r.table == s.slot.table and r.family == family for r in have_routes)
+        return rule_ok, route_ok
+
     uplinks = []
     for s in result.desired.uplinks:
-        rule = want_rules.get((s.slot.mark, s.slot.table))
-        rule_ok = (rule in have_rules) if s.up else not any(
-            r.table == s.slot.table for r in have_rules)
-        route_ok = (s.route in have_routes) if s.up else not any(
-            r.table == s.slot.table for r in have_routes)
+        rule_ok, route_ok = in_place(s, 4, s.up, s.route)
+        rule6_ok, route6_ok = in_place(s, 6, s.up6, s.route6)
         uplinks.append({
             "uplink": s.uplink, "interface": s.interface, "up": s.up, "state": s.reason,
             "mark": f"{s.slot.mark:#010x}", "table": s.slot.table,
             "route": str(s.route) if s.route else None,
             "rule_in_place": rule_ok, "route_in_place": route_ok,
+            "ipv6": {"up": s.up6, "state": s.reason6,
+                     "route": str(s.route6) if s.route6 else None,
+                     "rule_in_place": rule6_ok, "route_in_place": route6_ok},
         })
         if pinned is not None:
             conns, nbytes = pinned.get(s.interface, (0, None))
@@ -57,14 +66,24 @@ def _pinned(u: dict) -> str:
     return f"{n} ({b:.0f} {unit})" if unit == "B" else f"{n} ({b:.1f} {unit})"
 
 
+def _ipv6(v6: dict | None) -> str:
+    if v6 is None:
+        return "-"
+    ok6 = v6["rule_in_place"] and v6["route_in_place"]
+    if v6["up"]:
+        return "up" if ok6 else "up, rule/route MISSING"
+    return f"off ({v6['state']})" if ok6 else f"off ({v6['state']}), STALE rule/route"
+
+
 def text(report: dict) -> str:
     counted = any("connections" in u for u in report["uplinks"])
-    rows = [("uplink", "interface", "state", "mark", "table", "rule", "route")
+    rows = [("uplink", "interface", "state", "mark", "table", "rule", "route", "ipv6")
             + (("pinned",) if counted else ())]
     for u in report["uplinks"]:
+        ipv6 = _ipv6(u.get("ipv6"))
         row = (u["uplink"], u["interface"], "up" if u["up"] else f"down ({u['state']})",
                u["mark"], str(u["table"]), "ok" if u["rule_in_place"] else "MISSING",
-               "ok" if u["route_in_place"] else "MISSING")
+               "ok" if u["route_in_place"] else "MISSING", ipv6)
         rows.append(row + ((_pinned(u),) if counted else ()))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
