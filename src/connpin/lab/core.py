@@ -11,6 +11,14 @@ Topology (addresses are part of the contract with the tests)::
                                               ppp1/wan2 --- cust0 [isp2] up0 --- isp2 [net]
                                                                      net: 203.0.113.10 on lo
 
+With `ipv6=True` every link also carries IPv6 (documentation space): ISP k delegates
+2001:db8:k::/48 (the uplink link is 2001:db8:k::/64, the router's address 2001:db8:k::2; an
+Ethernet-like ISP's gateway is fe80::1, a PPP-like uplink routes `default dev`), the LAN is
+fd00:77::/64 (the router fd00:77::1, the host fd00:77::2), the internet host is 2001:db8:ff::10.
+ISPs drop IPv6 packets from their customer whose source is outside the delegated prefix (nft
+counter `spoofed` in table ip6 isp). NAT66 (masquerade) or NPTv6 to 2001:db8:k:77::/64 is up to
+the connpin config.
+
 A PPP-like uplink is a veth pair with ARP off and the SAME MAC on both ends: a NOARP device sends
 every frame to its own address, and the peer accepts it as its own. That gives a working
 point-to-point link (`default dev ppp0`) without ppp/tun drivers.
@@ -35,6 +43,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from socket import AF_INET6
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -59,6 +68,8 @@ IFF_UP = 0x1
 IFF_NOARP = 0x80
 RTPROT_BOOT = 3  # pppd's defaultroute (ioctl SIOCADDRT) shows up as proto boot
 RTPROT_DHCP = 16  # what NetworkManager uses for DHCP routes
+RTPROT_RA = 9  # IPv6 default routes learned from router advertisements
+IFA_F_NODAD = 0x02
 RT_SCOPE_LINK = 253
 
 #: The environment pppd and NetworkManager give their hook scripts: almost nothing.
@@ -327,6 +338,10 @@ class Lab:
     FORWARD_PORT = 8080
     LAN_HOST = "10.77.0.2"
     LAN_GATEWAY = "10.77.0.1"
+    SERVER6 = "2001:db8:ff::10"
+    LAN_HOST6 = "fd00:77::2"
+    LAN_GATEWAY6 = "fd00:77::1"
+    LAN_PREFIX6 = "fd00:77::/64"
     #: Extra environment for hook scripts (added to pppd's/NetworkManager's minimal one).
     hook_env: dict[str, str]
 
@@ -415,6 +430,23 @@ class Lab:
         """The router's public address on uplink k (while down: the one it had or will get)."""
         return self._addr[self._check_k(k)]
 
+    # IPv6 (ipv6=True): fixed addresses per uplink
+    def delegated(self, k: int) -> ipaddress.IPv6Network:
+        """The prefix ISP k delegates to the router (its IPv6 customer range)."""
+        return ipaddress.IPv6Network(f"2001:db8:{self._check_k(k)}::/48")
+
+    def address6(self, k: int) -> str:
+        """The router's IPv6 address on uplink k."""
+        return f"2001:db8:{self._check_k(k)}::2"
+
+    def gateway6(self, k: int) -> str:
+        """ISP k's IPv6 end: the link-local gateway of an Ethernet-like uplink, else its address."""
+        return "fe80::1" if self.kind(k) == "eth" else f"2001:db8:{k}::1"
+
+    def npt_prefix(self, k: int) -> str:
+        """Where NPTv6 maps the LAN's fd00:77::/64 on uplink k."""
+        return f"2001:db8:{self._check_k(k)}:77::/64"
+
     def is_up(self, k: int) -> bool:
         return self._check_k(k) in self._up
 
@@ -422,6 +454,12 @@ class Lab:
         """Which ISP a public source address belongs to (None for anything else)."""
         if not ip:
             return None
+        try:
+            a6 = ipaddress.IPv6Address(ip)
+        except ValueError:
+            pass
+        else:
+            return next((k for k in self.ks if a6 in self.delegated(k)), None)
         try:
             a = ipaddress.IPv4Address(ip)
         except ValueError:
@@ -473,11 +511,20 @@ class Lab:
                 "net.ipv6.conf.all.disable_ipv6": int(not self.ipv6),
                 "net.ipv6.conf.default.disable_ipv6": int(not self.ipv6),
             })
+            if self.ipv6:  # quiet IPv6: no DAD waits, no router solicitations/advertisements
+                self._sysctls(host, {
+                    "net.ipv6.conf.all.forwarding": int(forward),
+                    **{f"net.ipv6.conf.{c}.{key}": 0 for c in ("all", "default")
+                       for key in ("accept_dad", "router_solicitations", "accept_ra")},
+                })
             ipr = self._ipr[host]
             ipr.link("set", index=self._idx(host, "lo"), state="up")
         self._build_lan()
         self._ipr["net"].addr("add", index=self._idx("net", "lo"), address=self.SERVER,
                               prefixlen=32)
+        if self.ipv6:
+            self._ipr["net"].addr("add", index=self._idx("net", "lo"), address=self.SERVER6,
+                                  prefixlen=128)
         for k in self.ks:
             self._build_isp(k)
         self._load_nft()
@@ -485,6 +532,10 @@ class Lab:
         self._servers.listen(self.ns("router"), self.ECHO_PORT)
         self._servers.listen(self.ns("lan"), self.FORWARD_PORT)
         self._servers.listen(self.ns("net"), self.ECHO_PORT)
+        if self.ipv6:
+            self._servers.listen(self.ns("router"), self.ECHO_PORT, "::")
+            self._servers.listen(self.ns("lan"), self.FORWARD_PORT, "::")
+            self._servers.listen(self.ns("net"), self.ECHO_PORT, "::")
         self._servers.start()
         waits = [("lan", "eth0"), ("router", "lan0")]
         waits += [(f"isp{k}", "up0") for k in self.ks] + [("net", f"isp{k}") for k in self.ks]
@@ -497,6 +548,10 @@ class Lab:
         self._up_addr("router", "lan0", self.LAN_GATEWAY, 24)
         self._up_addr("lan", "eth0", self.LAN_HOST, 24)
         lan.route("add", dst="0.0.0.0/0", gateway=self.LAN_GATEWAY)
+        if self.ipv6:
+            self._addr6("router", "lan0", self.LAN_GATEWAY6, 64)
+            self._addr6("lan", "eth0", self.LAN_HOST6, 64)
+            lan.route("add", dst="::/0", gateway=self.LAN_GATEWAY6, family=AF_INET6)
 
     def _build_isp(self, k: int) -> None:
         isp, net = f"isp{k}", self._ipr["net"]
@@ -513,6 +568,41 @@ class Lab:
                                      peer={"ifname": "cust0", "net_ns_fd": self.ns(isp)})
             self._up_addr(isp, "cust0", self.gateway(k), 28)
             self.set_sysctl(isp, "net.ipv4.conf.cust0.rp_filter", 1)
+        if self.ipv6:
+            self._build_isp6(k)
+
+    def _build_isp6(self, k: int) -> None:
+        isp, net = f"isp{k}", self._ipr["net"]
+        up_ip, net_ip = f"2001:db8:f0:{k}::1", f"2001:db8:f0:{k}::2"
+        self._addr6(isp, "up0", up_ip, 64)
+        self._addr6("net", isp, net_ip, 64)
+        self._ipr[isp].route("add", dst="::/0", gateway=net_ip, family=AF_INET6)
+        net.route("add", dst=str(self.delegated(k)), gateway=up_ip, prefsrc=self.SERVER6,
+                  family=AF_INET6)
+        if self.kind(k) == "eth":
+            self._addr6(isp, "cust0", f"2001:db8:{k}::1", 64)
+            self._addr6(isp, "cust0", "fe80::1", 64)
+            self._ipr[isp].route("add", dst=str(self.delegated(k)), gateway=self.address6(k),
+                                 family=AF_INET6)
+        # IPv6 has no rp_filter: the ISP drops foreign sources from its customer in nft
+        self._exec_ns(isp, ["nft", "-f", "-"], input=(
+            "table ip6 isp {\n  counter spoofed { }\n  chain forward {\n"
+            "    type filter hook forward priority 0; policy accept;\n"
+            f'    iifname "cust0" ip6 saddr != {self.delegated(k)} counter name spoofed drop\n'
+            "  }\n}\n"))
+
+    def _addr6(self, host: str, ifname: str, address: str, prefixlen: int) -> None:
+        ipr = self._ipr[host]
+        idx = self._idx(host, ifname)
+        ipr.link("set", index=idx, state="up")
+        ipr.addr("add", index=idx, address=address, prefixlen=prefixlen, family=AF_INET6,
+                 flags=IFA_F_NODAD)
+
+    def spoofed6(self, k: int) -> int:
+        """IPv6 packets ISP k dropped because their source was not the customer's prefix."""
+        out = self._exec_ns(f"isp{k}", ["nft", "list", "counter", "ip6", "isp", "spoofed"]).stdout
+        m = re.search(r"packets (\d+)", out)
+        return int(m.group(1)) if m else 0
 
     def _load_nft(self) -> None:
         masq = '    oifname { "ppp*", "wan*" } masquerade\n' if self.lab_masquerade else ""
@@ -522,6 +612,8 @@ class Lab:
             "    type nat hook prerouting priority dstnat; policy accept;\n"
             f'    iifname {{ "ppp*", "wan*" }} tcp dport {self.FORWARD_PORT} '
             f"dnat ip to {self.LAN_HOST}:{self.FORWARD_PORT}\n"
+            + (f'    iifname {{ "ppp*", "wan*" }} tcp dport {self.FORWARD_PORT} '
+               f"dnat ip6 to [{self.LAN_HOST6}]:{self.FORWARD_PORT}\n" if self.ipv6 else "") +
             "  }\n"
             "  chain postrouting {\n"
             "    type nat hook postrouting priority srcnat; policy accept;\n"
@@ -702,6 +794,8 @@ class Lab:
             self._up.add(k)
             self._write_state()
         self._run_hooks(k, "up")
+        if self.ipv6 and self.kind(k) == "ppp":
+            self._run_hooks(k, "up", 6)
 
     def uplink_down(self, k: int) -> None:
         """Disconnect uplink k: down hooks first (the interface still exists), then tear down.
@@ -711,6 +805,8 @@ class Lab:
         self._check_k(k)
         if k not in self._up:
             return
+        if self.ipv6 and self.kind(k) == "ppp":
+            self._run_hooks(k, "down", 6)
         self._run_hooks(k, "down")
         with self._lock:
             if self.kind(k) == "ppp":
@@ -745,6 +841,12 @@ class Lab:
         self._wait_operstate([("router", ifname), (f"isp{k}", "cust0")])
         r.route("add", dst="0.0.0.0/0", oif=ridx, priority=10 * k, proto=RTPROT_BOOT,
                 scope=RT_SCOPE_LINK)
+        if self.ipv6:
+            self._addr6(f"isp{k}", "cust0", f"2001:db8:{k}::1", 64)
+            isp.route("add", dst=str(self.delegated(k)), oif=iidx, family=AF_INET6)
+            self._addr6("router", ifname, self.address6(k), 64)
+            r.route("add", dst="::/0", oif=ridx, priority=10 * k, proto=RTPROT_BOOT,
+                    family=AF_INET6)
 
     def _eth_up(self, k: int, addr: str) -> None:
         if ipaddress.IPv4Address(addr) not in self.customer_range(k):
@@ -755,20 +857,33 @@ class Lab:
         self._wait_operstate([("router", ifname), (f"isp{k}", "cust0")])
         r.route("add", dst="0.0.0.0/0", gateway=self.gateway(k), oif=self._idx("router", ifname),
                 priority=10 * k, proto=RTPROT_DHCP)
+        if self.ipv6:
+            self._addr6("router", ifname, self.address6(k), 64)
+            r.route("add", dst="::/0", gateway=self.gateway6(k), oif=self._idx("router", ifname),
+                    priority=10 * k, proto=RTPROT_RA, family=AF_INET6)
 
     def _eth_down(self, k: int) -> None:
         r, ifname = self._ipr["router"], self.iface(k)
         idx = self._idx("router", ifname)
         with contextlib.suppress(Exception):
             r.route("del", dst="0.0.0.0/0", gateway=self.gateway(k), oif=idx, priority=10 * k)
+        if self.ipv6:
+            with contextlib.suppress(Exception):
+                r.route("del", dst="::/0", gateway=self.gateway6(k), oif=idx, priority=10 * k,
+                        family=AF_INET6)
         r.flush_addr(index=idx)
         r.link("set", index=idx, state="down")
 
     # -- hooks ------------------------------------------------------------------------------------
-    def _hook_call(self, k: int, action: str) -> tuple[Path, list[str], dict[str, str], bool]:
+    def _hook_call(self, k: int, action: str,
+                   family: int = 4) -> tuple[Path, list[str], dict[str, str], bool]:
         ifname, addr, peer = self.iface(k), self._addr[k], self.gateway(k)
         env = {"PATH": HOOK_PATH}
-        if self.kind(k) == "ppp":
+        if self.kind(k) == "ppp" and family == 6:
+            # pppd's ipv6-up: iface tty speed local-link-local remote-link-local ipparam
+            d = self.hooks_root / "etc/ppp" / f"ipv6-{action}.d"
+            addr, peer = "fe80::2", "fe80::1"
+        elif self.kind(k) == "ppp":
             d = self.hooks_root / "etc/ppp" / f"ip-{action}.d"
             # pppd's ip-up: iface tty speed local remote ipparam (Debian exports PPP_*)
             args = [ifname, "/dev/pts/lab", "115200", addr, peer, ""]
@@ -784,9 +899,10 @@ class Lab:
                     "IP4_GATEWAY": peer}
         return d, [ifname, action], env, False
 
-    def _run_hooks(self, k: int, action: str) -> list[str]:
-        """Run the hook scripts installed under hooks_root, as pppd / NetworkManager would."""
-        d, args, env, run_parts = self._hook_call(k, action)
+    def _run_hooks(self, k: int, action: str, family: int = 4) -> list[str]:
+        """Run the hook scripts installed under hooks_root, as pppd / NetworkManager would
+        (family 6: pppd's separate ipv6-up/ipv6-down scripts)."""
+        d, args, env, run_parts = self._hook_call(k, action, family)
         if not d.is_dir():
             return []
         env |= {key: v for key, v in os.environ.items() if key.startswith("CONNPIN_")}
@@ -842,8 +958,15 @@ class Lab:
         self.config_path.write_text(text)
         return self.config_path
 
-    def default_config(self, masquerade: bool = True, **pinning: object) -> str:
-        """A connpin config for this lab's uplinks: isp1..ispN on their interfaces."""
+    def default_config(self, masquerade: bool = True, nat6: str | None = None,
+                       **pinning: object) -> str:
+        """A connpin config for this lab's uplinks: isp1..ispN on their interfaces.
+
+        nat6 (IPv6 labs): "masquerade" (the default when `masquerade`), "nptv6" (fd00:77::/64 to
+        each ISP's 2001:db8:k:77::/64) or "none".
+        """
+        if nat6 is None:
+            nat6 = "masquerade" if masquerade and self.ipv6 else "none"
         lines = ["[pinning]"]
         for key, value in pinning.items():
             lines.append(f"{key} = {_toml_value(key, value)}")
@@ -852,6 +975,10 @@ class Lab:
             if self.kind(k) == "eth":
                 lines.append('gateway = "auto"')
             lines.append(f"masquerade = {'true' if masquerade else 'false'}")
+            if nat6 == "masquerade":
+                lines.append("masquerade6 = true")
+            elif nat6 == "nptv6":
+                lines.append(f'nptv6 = {{ "{self.LAN_PREFIX6}" = "{self.npt_prefix(k)}" }}')
         return "\n".join(lines) + "\n"
 
     # -- traffic ----------------------------------------------------------------------------------

@@ -45,10 +45,14 @@ class EchoServers:
         self._thread: threading.Thread | None = None
 
     def listen(self, ns: str | None, port: int, host: str = "0.0.0.0") -> None:
-        """Listen on host:port inside namespace `ns` (before or after start)."""
-        s = netns.socket_in(ns)
+        """Listen on host:port inside namespace `ns` (before or after start); "::" listens
+        for IPv6 only (the IPv4 listener is separate)."""
+        v6 = ":" in host
+        s = netns.socket_in(ns, socket.AF_INET6 if v6 else socket.AF_INET)
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if v6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             s.bind((host, port))
             s.listen(128)
             s.setblocking(False)
@@ -149,8 +153,9 @@ class EchoServers:
 
 def open_connection(ns: str | None, dst: str, port: int, timeout: float, *,
                     source: str | None = None, device: str | None = None) -> socket.socket:
-    """A connected TCP socket from namespace `ns` (raises OSError/TimeoutError)."""
-    s = netns.socket_in(ns)
+    """A connected TCP socket from namespace `ns` (raises OSError/TimeoutError); IPv6 when
+    `dst` is an IPv6 address."""
+    s = netns.socket_in(ns, socket.AF_INET6 if ":" in dst else socket.AF_INET)
     try:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if device:

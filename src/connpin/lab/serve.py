@@ -34,6 +34,10 @@ def main(argv: list[str]) -> int:
         servers.listen(names["router"], Lab.ECHO_PORT)
         servers.listen(names["lan"], Lab.FORWARD_PORT)
         servers.listen(names["net"], Lab.ECHO_PORT)
+        if state.get("ipv6"):
+            servers.listen(names["router"], Lab.ECHO_PORT, "::")
+            servers.listen(names["lan"], Lab.FORWARD_PORT, "::")
+            servers.listen(names["net"], Lab.ECHO_PORT, "::")
         servers.start()
         watched = netns.path(names["router"])
         while not stop.wait(0.5):
