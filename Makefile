@@ -5,7 +5,7 @@ PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
-SYSPKGS := nftables:nft conntrack:conntrack iproute2:ip procps:sysctl
+SYSPKGS := nftables:nft conntrack:conntrack iproute2:ip procps:sysctl iptables:iptables-legacy
 
 .PHONY: test unit lint demo sysdeps venv clean
 

@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--live", action="store_true",
                     help="read this machine (root) and print the changes apply would make")
+    sp.add_argument("--backend", choices=model.BACKENDS,
+                    help="show the ruleset for this backend instead of pinning.backend")
     sp = add("apply", help="install or update the pinning; safe to repeat")
     sp.add_argument("-q", "--quiet", action="store_true")
     for verb, what in (("up", "came up"), ("down", "is going away")):
@@ -141,10 +143,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"connpin {args.command}: {args.iface} is not an uplink in {config.path}; "
               "nothing to do")
         return 0
+    if args.command == "plan" and getattr(args, "backend", None):
+        from dataclasses import replace
+
+        config = replace(config, pinning=replace(config.pinning, backend=args.backend))
     if args.command == "plan" and not args.live:
         from connpin import reconcile
+        from connpin.kernel import nft as nftool  # only looks for the tool on PATH
 
-        return _plan(config, reconcile.run(config, reconcile.Imagined(), effects=False), args)
+        auto = "nftables" if config.pinning.backend != "auto" or nftool.available() \
+            else "iptables"
+        return _plan(config, reconcile.run(config, reconcile.Imagined(auto), effects=False),
+                     args)
     _need_root(args.command)
     if args.netns:
         from connpin.kernel import netns

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from connpin import alloc
 from connpin.alloc import Slot
 from connpin.model import Config, Uplink
-from connpin.render import nft
+from connpin.render import iptables, nft
 
 MAIN_TABLE = 254
 AUTO = "auto"
@@ -38,6 +38,7 @@ class Observed:
     # iface -> gateway of its best IPv6 default route in main (None: a `dev` route)
     gateways6: dict[str, str | None] = field(default_factory=dict)
     ipv6: bool = True  # the kernel has IPv6 (rules of family inet6 can exist)
+    backend: str = "nftables"  # what pinning.backend = "auto" means on this machine
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class Desired:
     sysctls: tuple[tuple[str, int], ...]
     rule_range: range
     table_range: range
+    backend: str = "nftables"  # nftables | iptables: what `ruleset` is written for
 
 
 def owned(config: Config) -> tuple[range, range]:
@@ -266,23 +268,33 @@ def compute(config: Config, observed: Observed,
     routes = [st.route for st in states if st.route is not None]
     routes += [st.route6 for st in states if st.route6 is not None]
     rule_range, table_range = owned(config)
+    back = backend(config, observed)
     return Desired(
         nft_table=config.pinning.nft_table,
-        ruleset=nft.render(config, states),
+        ruleset=nft.render(config, states) if back == "nftables" else iptables.render(
+            config, states, ipv6=observed.ipv6 or observed.imagined),
         uplinks=tuple(states),
         rules=tuple(sorted(rules, key=sort_key)),
         routes=tuple(sorted(routes, key=sort_key)),
         sysctls=tuple(_sysctls(config, states, observed)),
         rule_range=rule_range,
         table_range=table_range,
+        backend=back,
     )
+
+
+def backend(config: Config, observed: Observed) -> str:
+    """nftables or iptables: pinning.backend, with "auto" decided by the machine."""
+    b = config.pinning.backend
+    return observed.backend if b == "auto" else b
 
 
 def sort_key(obj: Rule | Route) -> tuple:
     return obj.key()
 
 
-def nothing(config: Config) -> Desired:
+def nothing(config: Config, observed: Observed | None = None) -> Desired:
     """The state `remove` converges to: none of connpin's objects, built from the same slice."""
     rule_range, table_range = owned(config)
-    return Desired(config.pinning.nft_table, None, (), (), (), (), rule_range, table_range)
+    return Desired(config.pinning.nft_table, None, (), (), (), (), rule_range, table_range,
+                   backend(config, observed or Observed()))

@@ -99,6 +99,7 @@ class Pinning:
     nft_table: str = "connpin"
     failback: str = "keep"  # keep | flush | flush-idle (default for every uplink)
     failback_idle: int = 30  # seconds, for flush-idle
+    backend: str = "nftables"  # nftables | iptables | auto (iptables when nft is missing)
 
     @property
     def rule_range(self) -> range:
@@ -125,7 +126,8 @@ class Config:
 
 
 _PINNING_KEYS = {"mark_mask", "table_base", "rule_priority", "sysctl", "nft_table", "failback",
-                 "failback_idle"}
+                 "failback_idle", "backend"}
+BACKENDS = ("nftables", "iptables", "auto")
 _UPLINK_KEYS = {"name", "interface", "gateway", "masquerade", "mark", "priority", "failback",
                 "on_down", "gateway6", "nptv6", "masquerade6"}
 FAILBACK = ("keep", "flush", "flush-idle")
@@ -196,7 +198,8 @@ def parse(doc: dict, path: str = "<config>") -> Config:
         raise ConfigError(path, "pinning.nft_table", f"{nft_table!r} is not a valid nft table name")
     failback = _choice(path, "pinning.failback", raw.get("failback", "keep"), FAILBACK)
     idle = _int(path, "pinning.failback_idle", raw.get("failback_idle", 30), 1, 86400 * 7)
-    pinning = Pinning(mask, table_base, prio, sysctl, nft_table, failback, idle)
+    backend = _choice(path, "pinning.backend", raw.get("backend", "nftables"), BACKENDS)
+    pinning = Pinning(mask, table_base, prio, sysctl, nft_table, failback, idle, backend)
 
     raws = doc.get("uplink", [])
     if not isinstance(raws, list):

@@ -26,6 +26,8 @@ class Installed:
     nft_in_place: str | None = None  # sha of the ruleset the table was last verified to hold
     saved_sysctls: dict[str, int] = field(default_factory=dict)
     stale_nft: tuple[tuple[str, str], ...] = ()  # (name, listing) of connpin's former tables
+    # connpin's iptables chains when the ruleset now lives elsewhere (the backend changed)
+    stale_iptables: str | None = None
     up: tuple[str, ...] | None = None  # interfaces last committed as up; None: never applied
 
 
@@ -33,7 +35,7 @@ class Installed:
 class Step:
     """One change to the machine; `prev` is what undoing it puts back."""
 
-    kind: str  # sysctl | nft | route | rule
+    kind: str  # sysctl | nft | iptables | route | rule
     op: str  # add | del | replace | set | restore; for nft: the table's name
     obj: Any
     prev: Any = None
@@ -42,6 +44,10 @@ class Step:
         if self.kind == "nft":
             what = "delete table" if self.obj is None else "replace table"
             return f"nft {what} inet {self.op} (one transaction)"
+        if self.kind == "iptables":
+            if self.obj is None:
+                return "iptables: delete chains CONNPIN-* and their jumps"
+            return "iptables-restore --noflush: replace chains CONNPIN-* (each table at once)"
         if self.kind == "sysctl":
             key, value = self.obj
             verb = "restore" if self.op == "restore" else "set"
@@ -75,7 +81,7 @@ def diff(want: D.Desired, observed: D.Observed, have: Installed) -> list[Step]:
     if want.ruleset is not None and (
         have.nft_listing is None or have.nft_in_place != sha(want.ruleset)
     ):
-        steps.append(Step("nft", want.nft_table, want.ruleset, have.nft_listing))
+        steps.append(Step(_ruleset_kind(want), want.nft_table, want.ruleset, have.nft_listing))
 
     have_routes = set(have.routes)
     current = {(r.family, r.table): r for r in have.routes if r.dst == "default"}
@@ -102,8 +108,10 @@ def diff(want: D.Desired, observed: D.Observed, have: Installed) -> list[Step]:
         if key not in wanted_keys and key in observed.sysctls:
             steps.append(Step("sysctl", "restore", (key, original), observed.sysctls[key]))
     if want.ruleset is None and have.nft_listing is not None:
-        steps.append(Step("nft", want.nft_table, None, have.nft_listing))
+        steps.append(Step(_ruleset_kind(want), want.nft_table, None, have.nft_listing))
     steps += [Step("nft", name, None, listing) for name, listing in have.stale_nft]
+    if have.stale_iptables is not None:
+        steps.append(Step("iptables", want.nft_table, None, have.stale_iptables))
     return steps
 
 
@@ -116,7 +124,12 @@ def undo(step: Step) -> Step:
         return Step("route", "del" if step.op == "add" else "add", step.obj)
     if step.kind == "sysctl":
         return Step("sysctl", "set", (step.obj[0], step.prev), step.obj[1])
-    return Step("nft", step.op, step.prev, step.obj)
+    return Step(step.kind, step.op, step.prev, step.obj)
+
+
+def _ruleset_kind(want: D.Desired) -> str:
+    """The step kind that installs `want.ruleset`: one per backend."""
+    return "iptables" if want.backend == "iptables" else "nft"
 
 
 @dataclass
@@ -131,7 +144,7 @@ def run(config: Config, machine: Machine, *, going_down: frozenset[str] = frozen
         remove: bool = False, effects: bool = True) -> Result:
     """Compute, diff and (with effects) apply; on failure undo what was done and raise."""
     observed, have = machine.observe(config)
-    want = D.nothing(config) if remove else D.compute(config, observed, going_down)
+    want = D.nothing(config, observed) if remove else D.compute(config, observed, going_down)
     steps = diff(want, observed, have)
     result = Result(want, observed, have, steps)
     if not effects:
@@ -164,10 +177,13 @@ def verify(config: Config, machine: Machine, going_down: frozenset[str] = frozen
 
 class Imagined:
     """A machine where every exact uplink is up and nothing is installed yet: what `plan` shows.
-    Executes nothing."""
+    Executes nothing. `backend` is what pinning.backend = "auto" stands for."""
+
+    def __init__(self, backend: str = "nftables") -> None:
+        self.backend = backend
 
     def observe(self, config: Config) -> tuple[D.Observed, Installed]:
-        return D.Observed(imagined=True), Installed()
+        return D.Observed(imagined=True, backend=self.backend), Installed()
 
     def execute(self, step: Step) -> None:
         raise AssertionError("plan never executes")

@@ -5,6 +5,7 @@ Regenerate after an intended change with `UPDATE_GOLDEN=1 make unit`, then revie
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,12 @@ def _render(case: str) -> dict[str, str]:
     config = model.load(GOLDEN / case / "connpin.toml")
     config = model.Config(config.pinning, config.uplinks, "connpin.toml")
     result = reconcile.run(config, reconcile.Imagined(), effects=False)
+    ipt = replace(config, pinning=replace(config.pinning, backend="iptables"))
+    ipt_result = reconcile.run(ipt, reconcile.Imagined(), effects=False)
     return {
         "plan.txt": plan.text(config, result, live=False),
         "plan.json": json.dumps(plan.as_dict(config, result, live=False), indent=2) + "\n",
+        "plan-iptables.txt": plan.text(ipt, ipt_result, live=False),
     }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from connpin import desired as D
+from connpin.kernel import iptables as ipt
 from connpin.kernel import nft as nftool
 from connpin.kernel import state, sysctl
 from connpin.kernel.netlink import Netlink
@@ -22,6 +23,8 @@ class Kernel:
         self.generation = nftool.Generation()
         self.state = state.load()
         self._table = "connpin"
+        self._backend = "nftables"
+        self._families: tuple[int, ...] = (4, 6)
 
     def close(self) -> None:
         self.netlink.close()
@@ -52,10 +55,13 @@ class Kernel:
         dump = self.netlink.route_dump()
         ipv6 = os.path.isdir("/proc/sys/net/ipv6")
         dump6 = self.netlink.route_dump(6) if ipv6 else []
+        auto = "nftables" if config.pinning.backend != "auto" or nftool.available() \
+            else "iptables"
         observed = D.Observed(links, self.netlink.main_gateways(dump), values,
                               gateways6=self.netlink.main_gateways6(dump6) if ipv6 else {},
-                              ipv6=ipv6)
+                              ipv6=ipv6, backend=auto)
         families = (4, 6) if ipv6 else (4,)
+        self._backend, self._families = D.backend(config, observed), families
         rule_range, table_range = D.owned(config)
         # After a change of pinning.* ranges or table name, what connpin installed under the old
         # ones is still its own: observe it too, so the diff removes it.
@@ -65,12 +71,23 @@ class Kernel:
             rule_ranges.append(range(*old["rules"]))
         if old.get("tables") and range(*old["tables"]) != table_range:
             table_ranges.append(range(*old["tables"]))
-        stale = ()
+        stale: tuple[tuple[str, str], ...] = ()
+        stale_ipt = None
         former = old.get("nft_table")
-        if former not in (None, self._table) and (
-                gone := nftool.listing("inet", former)) is not None:
-            stale = ((former, gone),)
-        listing = self._listing()
+        was = old.get("backend", "nftables") if old else None
+        if self._backend == "iptables":
+            # switched from nftables: connpin's nft table goes
+            if was == "nftables" and former and nftool.available() and (
+                    gone := nftool.listing("inet", former)) is not None:
+                stale = ((former, gone),)
+            listing = ipt.listing(families)
+        else:
+            if former not in (None, self._table) and (
+                    gone := nftool.listing("inet", former)) is not None:
+                stale = ((former, gone),)
+            if was == "iptables":  # switched from iptables: its chains go
+                stale_ipt = ipt.listing(families)
+            listing = self._listing()
         nst = self.state.get("nft", {})
         in_place = nst.get("ruleset") if listing is not None and sha(listing) == nst.get(
             "listing") else None
@@ -82,6 +99,7 @@ class Kernel:
             nft_in_place=in_place,
             saved_sysctls=dict(self.state.get("sysctls", {})),
             stale_nft=stale,
+            stale_iptables=stale_ipt,
             up=tuple(self.state["up"]) if "up" in self.state else None,
         )
         return observed, installed
@@ -90,6 +108,9 @@ class Kernel:
         if step.kind == "nft":
             nftool.run(nft.transaction(step.op, step.obj))
             self.state["nft"] = {}  # re-recorded by committed()
+        elif step.kind == "iptables":
+            ipt.apply(step.obj, self._families)
+            self.state["nft"] = {}
         elif step.kind == "rule":
             self.netlink.rule(step.op, step.obj)
         elif step.kind == "route":
@@ -107,8 +128,11 @@ class Kernel:
 
     def committed(self, config: Config, want: D.Desired) -> None:
         """Remember what was verified to be in place, and forget sysctls of vanished links."""
-        gen = self.generation.read()  # before listing: a later commit makes it stale, not wrong
-        listing = self._listing()
+        if self._backend == "iptables":  # (iptables-legacy commits bump no nft generation)
+            gen, listing = None, ipt.listing(self._families)
+        else:
+            gen = self.generation.read()  # before listing: a later commit makes it stale, not wrong
+            listing = self._listing()
         if want.ruleset is not None and listing is not None:
             self.state["nft"] = {"ruleset": sha(want.ruleset), "listing": sha(listing)}
             if gen is not None:
@@ -117,6 +141,7 @@ class Kernel:
                 "rules": [want.rule_range.start, want.rule_range.stop],
                 "tables": [want.table_range.start, want.table_range.stop],
                 "nft_table": want.nft_table,
+                "backend": self._backend,
             }
             self.state["up"] = sorted(s.interface for s in want.uplinks if s.up)
         else:

@@ -22,6 +22,14 @@ def _nft() -> str:
     return exe
 
 
+def available() -> bool:
+    """Whether the nft tool can be run (pinning.backend = "auto" picks iptables otherwise)."""
+    try:
+        return os.access(_nft(), os.X_OK)
+    except NftFailure:
+        return False
+
+
 def run(script: str) -> None:
     """Load an nft script as one atomic transaction; nothing changes if any line fails."""
     p = subprocess.run([_nft(), "-f", "-"], input=script, text=True, capture_output=True)

@@ -39,7 +39,7 @@ def as_dict(config: Config, result: Any, live: bool) -> dict:
         "rule_priorities": [d.rule_range.start, d.rule_range.stop - 1],
         "tables": [d.table_range.start, d.table_range.stop - 1],
         "uplinks": _uplinks(result),
-        "nft": d.ruleset,
+        "nft": d.ruleset if d.backend == "nftables" else None,
         "rules": [str(r) for r in d.rules if r.family == 4],
         "routes": [str(r) for r in d.routes if r.family == 4],
         "rules6": [str(r) for r in d.rules if r.family == 6],
@@ -48,6 +48,9 @@ def as_dict(config: Config, result: Any, live: bool) -> dict:
         "patterns": [u.interface for u in config.uplinks if u.is_pattern],
         "on_transitions": steer.describe(config),
     }
+    if d.backend != "nftables":
+        out["backend"] = d.backend
+        out["iptables"] = d.ruleset
     if live:
         out["changes"] = [str(s) for s in result.steps]
     return out
@@ -58,7 +61,9 @@ def text(config: Config, result: Any, live: bool) -> str:
     lines = [f"# connpin plan for {config.path}"]
     lines.append(f"# owns: marks {config.pinning.mark_mask:#010x}, rule priorities "
                  f"{d.rule_range.start}..{d.rule_range.stop - 1}, tables "
-                 f"{d.table_range.start}..{d.table_range.stop - 1}, nft table inet {d.nft_table}")
+                 f"{d.table_range.start}..{d.table_range.stop - 1}, "
+                 + (f"nft table inet {d.nft_table}" if d.backend == "nftables"
+                    else "iptables chains CONNPIN-* (mangle, nat)"))
     lines.append("#")
     rows = [("uplink", "interface", "mark", "table", "state", "masquerade", "ipv6")]
     for u in _uplinks(result):
@@ -81,8 +86,14 @@ def text(config: Config, result: Any, live: bool) -> str:
         lines += [f"{s}" for s in result.steps] or ["# none: the kernel matches the plan"]
         lines.append("")
         return "\n".join(lines)
-    lines.append(f"# 1. nftables, loaded as one transaction (`nft -f`), replacing table inet "
-                 f"{d.nft_table}:")
+    if d.backend == "iptables":
+        lines.append("# 1. iptables: chains CONNPIN-* in mangle (and nat), one jump from each "
+                     "built-in chain,")
+        lines.append("#    loaded with iptables-restore --noflush / ip6tables-restore --noflush "
+                     "(each table one transaction):")
+    else:
+        lines.append(f"# 1. nftables, loaded as one transaction (`nft -f`), replacing table inet "
+                     f"{d.nft_table}:")
     lines.append(d.ruleset.rstrip("\n"))
     lines.append("")
     lines.append("# 2. routing, through netlink (shown as iproute2 commands); an uplink's rule")

@@ -46,8 +46,9 @@ def build(config: Config, result: Any,
     return {
         "patterns_without_interfaces": waiting,
         "config": config.path,
-        "nft_table": f"inet {result.desired.nft_table}",
-        "nft_in_place": not any(s.kind == "nft" for s in result.steps),
+        "nft_table": f"inet {result.desired.nft_table}" if result.desired.backend == "nftables"
+        else "iptables chains CONNPIN-*",
+        "nft_in_place": not any(s.kind in ("nft", "iptables") for s in result.steps),
         "uplinks": uplinks,
         "drift": drift,
         "in_place": not drift,
@@ -89,7 +90,8 @@ def text(report: dict) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     for w in report["patterns_without_interfaces"]:
         lines.append(f"{w['uplink']}: no interface matches {w['pattern']!r} yet")
-    lines.append(f"nft table {report['nft_table']}: "
+    what = report["nft_table"]
+    lines.append(f"{what if what.startswith('iptables') else 'nft table ' + what}: "
                  f"{'in place' if report['nft_in_place'] else 'NOT as planned'}")
     if report["drift"]:
         lines.append(f"kernel differs from the plan ({len(report['drift'])}); "
