@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -266,12 +267,34 @@ def _snapshot(lab: Lab) -> dict[str, str]:
         return lab.exec("router", list(argv)).stdout
 
     return {
-        "nft": run("nft", "list", "ruleset"),
+        "nft": re.sub(r"counter packets \d+ bytes \d+", "counter", run("nft", "list", "ruleset")),
         "rules": run("ip", "-4", "rule", "show"),
         "routes": run("ip", "-4", "route", "show", "table", "all"),
         "sysctl": run("sysctl", "net.ipv4.conf.all.rp_filter", "net.ipv4.conf.ppp0.rp_filter",
                       "net.ipv4.conf.ppp0.src_valid_mark"),
+        "iptables": lab.iptables_save(4),
+        "ip6tables": lab.iptables_save(6),
     }
+
+
+#: Foreign iptables rules in every built-in chain connpin hooks into (both families), so the
+#: tables and chains exist before connpin: `remove` must leave them exactly as they were.
+FOREIGN_IPT = """*mangle
+-A PREROUTING -m mark --mark 0xca6c -j RETURN
+-A OUTPUT -p udp --dport 51820 -j MARK --set-xmark 0x100/0x100
+-A POSTROUTING -o lan0 -j RETURN
+COMMIT
+*nat
+-A PREROUTING -p tcp --dport 2222 -j RETURN
+-A POSTROUTING -o lan0 -j RETURN
+COMMIT
+"""
+
+
+def foreign_iptables(lab: Lab) -> None:
+    flavour = os.environ.get("CONNPIN_IPTABLES") or "iptables"
+    for tool in (flavour, flavour.replace("iptables", "ip6tables", 1)):
+        lab.exec("router", [f"{tool}-restore", "--noflush"], input=FOREIGN_IPT)
 
 
 def test_9_apply_is_idempotent_and_remove_restores_everything() -> None:
@@ -284,6 +307,7 @@ def test_9_apply_is_idempotent_and_remove_restores_everything() -> None:
                             "lookup", "main"])
         lab.exec("router", ["ip", "route", "add", "blackhole", "default", "table", "51820"])
         lab.set_sysctl("router", "net.ipv4.conf.all.rp_filter", 1)
+        foreign_iptables(lab)
         lab.uplink_up(1)
         lab.uplink_up(2)
         before = _snapshot(lab)
@@ -303,6 +327,7 @@ def test_9_apply_is_idempotent_and_remove_restores_everything() -> None:
 def test_9c_changing_connpins_slice_moves_everything() -> None:
     """New priorities, tables and table name: what was installed under the old ones goes."""
     with Lab(uplinks=("ppp", "ppp")) as lab:
+        foreign_iptables(lab)
         lab.uplink_up(1)
         lab.uplink_up(2)
         before = _snapshot(lab)
@@ -312,7 +337,8 @@ def test_9c_changing_connpins_slice_moves_everything() -> None:
                                             table_base=2000, nft_table="pins"))
         lab.connpin("apply")
         after = _snapshot(lab)
-        assert "table inet connpin" not in after["nft"] and "table inet pins" in after["nft"]
+        if lab.backend == "nftables":
+            assert "table inet connpin" not in after["nft"] and "table inet pins" in after["nft"]
         assert "10000:" not in after["rules"] and "20000:" in after["rules"]
         assert " table 1" not in after["routes"] and " table 2" in after["routes"]
         assert_status_ok(lab)
@@ -412,7 +438,11 @@ def test_status_reports_drift_and_apply_repairs_it() -> None:
         lab.uplink_up(2)
         assert_status_ok(lab)
         lab.exec("router", ["ip", "rule", "add", "priority", "10005", "lookup", "1234"])
-        lab.exec("router", ["nft", "flush", "chain", "inet", "connpin", "prerouting"])
+        if lab.backend == "iptables":
+            lab.exec("router", [os.environ["CONNPIN_IPTABLES"], "-t", "mangle", "-F",
+                                "CONNPIN-PRE"])
+        else:
+            lab.exec("router", ["nft", "flush", "chain", "inet", "connpin", "prerouting"])
         p = lab.connpin("status", check=False)
         assert p.returncode == 3
         assert "ip rule del priority 10005 lookup 1234" in p.stdout

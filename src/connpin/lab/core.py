@@ -344,6 +344,8 @@ class Lab:
     LAN_PREFIX6 = "fd00:77::/64"
     #: Extra environment for hook scripts (added to pppd's/NetworkManager's minimal one).
     hook_env: dict[str, str]
+    #: pinning.backend written by default_config ("iptables": the flavour is $CONNPIN_IPTABLES)
+    backend = "nftables"
 
     def __init__(self, uplinks: Iterable[str] = ("ppp", "ppp"), *, lab_masquerade: bool = False,
                  prefix: str | None = None, ipv6: bool = False):
@@ -597,6 +599,16 @@ class Lab:
         ipr.link("set", index=idx, state="up")
         ipr.addr("add", index=idx, address=address, prefixlen=prefixlen, family=AF_INET6,
                  flags=IFA_F_NODAD)
+
+    def iptables_save(self, family: int = 4) -> str:
+        """The router's `iptables-save` (flavour: $CONNPIN_IPTABLES), comments dropped and
+        counters zeroed, for before/after comparisons."""
+        flavour = os.environ.get("CONNPIN_IPTABLES") or "iptables"
+        if family == 6:
+            flavour = flavour.replace("iptables", "ip6tables", 1)
+        out = self._exec_ns("router", [f"{flavour}-save"]).stdout
+        return "".join(re.sub(r"\[\d+:\d+\]", "[0:0]", line)
+                       for line in out.splitlines(keepends=True) if not line.startswith("#"))
 
     def spoofed6(self, k: int) -> int:
         """IPv6 packets ISP k dropped because their source was not the customer's prefix."""
@@ -968,6 +980,8 @@ class Lab:
         if nat6 is None:
             nat6 = "masquerade" if masquerade and self.ipv6 else "none"
         lines = ["[pinning]"]
+        if self.backend != "nftables" and "backend" not in pinning:
+            lines.append(f'backend = "{self.backend}"')
         for key, value in pinning.items():
             lines.append(f"{key} = {_toml_value(key, value)}")
         for k in self.ks:
