@@ -32,7 +32,7 @@ PPP = (
 NETWORKMANAGER = (
     Hook("etc/NetworkManager/dispatcher.d/50-connpin",
          'case "$2" in\n'
-         '  up|dhcp4-change|reapply|connectivity-change) $CONNPIN up -- "$1" ;;\n'
+         '  up|dhcp4-change|dhcp6-change|reapply|connectivity-change) $CONNPIN up -- "$1" ;;\n'
          '  down|pre-down) $CONNPIN down -- "$1" ;;\n'
          "esac\nexit 0\n"),
 )

@@ -161,3 +161,5 @@ def test_ppp_hooks_cover_ipv6_up_and_down(tmp_path) -> None:
                      "ipv6-up.d/connpin"]
     assert '"$PPP_IFACE"' in (tmp_path / "etc/ppp/ipv6-up.d/connpin").read_text()
     assert len(hooks.remove(["ppp"], str(tmp_path))) == 4
+    nm = hooks.script(hooks.NETWORKMANAGER[0], None)
+    assert "dhcp6-change" in nm  # a new IPv6 gateway (RA/DHCPv6) re-reads the kernel
