@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--masquerade", action="store_true",
                    help="masquerade in the lab's own firewall (no connpin needed)")
     u.add_argument("--connect", default="", help="uplinks to bring up, e.g. 2,1")
+    u.add_argument("--ipv6", action="store_true",
+                   help="IPv6 too: delegated prefixes 2001:db8:k::/48, LAN fd00:77::/64")
     dn = sub.add_parser("down", help="remove a kept lab (default: every lab)")
     dn.add_argument("prefix", nargs="?", default="cpl-")
     sub.add_parser("list", help="the labs present")
@@ -89,7 +91,7 @@ def run(argv: list[str]) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    lab = Lab(uplinks=_kinds(args.uplinks), lab_masquerade=args.masquerade)
+    lab = Lab(uplinks=_kinds(args.uplinks), lab_masquerade=args.masquerade, ipv6=args.ipv6)
     with lab:
         for k in _kinds(args.connect):
             lab.uplink_up(int(k))
