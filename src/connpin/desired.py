@@ -39,6 +39,9 @@ class Observed:
     gateways6: dict[str, str | None] = field(default_factory=dict)
     ipv6: bool = True  # the kernel has IPv6 (rules of family inet6 can exist)
     backend: str = "nftables"  # what pinning.backend = "auto" means on this machine
+    # prefixes where connections start on this side (local addresses, main's non-uplink routes):
+    # tells outbound pinned connections from those that arrived on an uplink
+    inside: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def _pick(config: Config, states: list[UplinkState], which: str | None) -> list[
     return chosen
 
 
-def _row(e: ct.Entry, local: frozenset[str], table: dict[str, int], now_ns: int) -> dict:
+def _row(e: ct.Entry, here: pins.Inside, table: dict[str, int], now_ns: int) -> dict:
     def ep(addr: str, port: int | None) -> str:
         host = f"[{addr}]" if ":" in addr else addr
         return f"{host}:{port}" if port is not None else addr
@@ -49,7 +49,7 @@ def _row(e: ct.Entry, local: frozenset[str], table: dict[str, int], now_ns: int)
     quiet = ct.idle(e, table)
     return {
         "proto": e.proto_name,
-        "direction": "in" if pins.inbound(e, local) else "out",
+        "direction": "in" if pins.inbound(e, here) else "out",
         "src": ep(e.orig.src, e.orig.sport),
         "dst": ep(e.orig.dst, e.orig.dport),
         "nat": e.nat,
@@ -65,11 +65,11 @@ def _row(e: ct.Entry, local: frozenset[str], table: dict[str, int], now_ns: int)
 def connections(config: Config, args: argparse.Namespace) -> int:
     states, observed = _uplinks(config)
     chosen = _pick(config, states, args.uplink)
-    local, table, now = pins.local_addresses(observed), ct.timeouts(), time.time_ns()
+    here, table, now = pins.inside(observed), ct.timeouts(), time.time_ns()
     groups = []
     with ct.Conntrack() as c:
         for s in chosen:
-            rows = [_row(e, local, table, now)
+            rows = [_row(e, here, table, now)
                     for e in c.entries(s.slot.mark, config.pinning.mark_mask)]
             rows.sort(key=lambda r: (r["proto"], r["src"], r["dst"]))
             groups.append({"uplink": s.uplink, "interface": s.interface, "up": s.up,

@@ -9,6 +9,7 @@ uplinks, unmarked connections and mark bits outside connpin's mask are never tou
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import time
@@ -22,13 +23,29 @@ from connpin.model import Config
 from connpin.steer import Flush
 
 
-def local_addresses(observed: Observed) -> frozenset[str]:
-    return frozenset(a for link in observed.links.values() for a in link.addresses)
+class Inside:
+    """Where connections start on this side (the router and what it routes to non-uplinks)."""
+
+    def __init__(self, prefixes: Iterable[str]) -> None:
+        nets = [ipaddress.ip_network(p, strict=False) for p in prefixes]
+        self.nets = sorted(nets, key=lambda n: n.prefixlen, reverse=True)
+
+    def __contains__(self, address: str) -> bool:
+        try:
+            a = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(a in n for n in self.nets if n.version == a.version)
 
 
-def inbound(e: ct.Entry, local: frozenset[str]) -> bool:
-    """Arrived from outside: a port forward (DNAT) or a connection to the router itself."""
-    return bool(e.status & ct.IPS_DST_NAT) or e.orig.dst in local
+def inside(observed: Observed) -> Inside:
+    return Inside(observed.inside)
+
+
+def inbound(e: ct.Entry, here: Inside) -> bool:
+    """Arrived on an uplink: a port forward (DNAT), or started by a peer that is not on this
+    side (a connection to the router itself, or routed to an inside host)."""
+    return bool(e.status & ct.IPS_DST_NAT) or e.orig.src not in here
 
 
 @dataclass
@@ -61,11 +78,11 @@ def counts(config: Config, uplinks: Iterable[UplinkState]) -> list[Counted]:
 
 
 def select(entries: Iterable[ct.Entry], *, outbound_only: bool = False,
-           idle: int | None = None, local: frozenset[str] = frozenset(),
+           idle: int | None = None, here: Inside | None = None,
            timeouts: dict[str, int] | None = None) -> list[ct.Entry]:
     out = []
     for e in entries:
-        if outbound_only and inbound(e, local):
+        if outbound_only and inbound(e, here or Inside(())):
             continue
         if idle is not None:
             quiet = ct.idle(e, timeouts or {})
@@ -109,17 +126,17 @@ def carry_out(config: Config, flushes: list[Flush], observed: Observed,
     pending = [p for p in load_pending() if p["trigger"] not in gone]
     notes: list[str] = []
     if flushes:
-        local, table = local_addresses(observed), ct.timeouts()
+        here, table = inside(observed), ct.timeouts()
         with ct.Conntrack() as c:
             for f in flushes:
                 entries = c.entries(f.mark, config.pinning.mark_mask)
                 chosen = select(entries, outbound_only=f.outbound_only, idle=f.idle,
-                                local=local, timeouts=table)
+                                here=here, timeouts=table)
                 n = c.delete(chosen)
                 notes.append(f"{f}: {n} flushed")
                 if f.follow:
                     taken = {e.handle for e in chosen}
-                    busy = [e for e in select(entries, outbound_only=True, local=local)
+                    busy = [e for e in select(entries, outbound_only=True, here=here)
                             if e.handle not in taken]
                     pending = [p for p in pending if p["mark"] != f.mark]
                     if busy:

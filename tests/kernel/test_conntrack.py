@@ -70,25 +70,28 @@ def test_status_counts_and_connections_listing() -> None:
         lab.set_sysctl("router", "net.netfilter.nf_conntrack_timestamp", 1)
         lab.uplink_up(1)
         lab.uplink_up(2)
-        probes = [lab.probe(), lab.probe(), lab.probe(src="net", dst=lab.address(2), port=8080)]
+        probes = [lab.probe(), lab.probe(), lab.probe(src="net", dst=lab.address(2), port=8080),
+                  lab.probe(src="net", dst=lab.address(2), port=7)]
         for p in probes:
             assert p.wait_rounds(2, 5.0)
         report = json.loads(lab.connpin("status", "--json").stdout)
         pinned = {u["uplink"]: u["connections"] for u in report["uplinks"]}
-        assert pinned == {"isp1": 2, "isp2": 1}
+        assert pinned == {"isp1": 2, "isp2": 2}
         assert all(u["bytes"] > 0 for u in report["uplinks"]), "accounting is on"
         assert "pinned" in lab.connpin("status").stdout.splitlines()[0]
         m = marks(lab)
         assert len(ct_list(lab, m["isp1"], 0x00FF0000)) == 2
         groups = json.loads(lab.connpin("connections", "--json").stdout)
         by = {g["uplink"]: g["connections"] for g in groups}
-        assert [c["direction"] for c in by["isp2"]] == ["in"]
-        assert by["isp2"][0]["nat"] == "10.77.0.2", "port forward shows the inside host"
+        assert [c["direction"] for c in by["isp2"]] == ["in", "in"], "forwarded, to the router"
+        assert sorted(str(c["nat"]) for c in by["isp2"]) == ["10.77.0.2", "None"], \
+            "a port forward shows the inside host"
+        assert {c["direction"] for c in by["isp1"]} == {"out"}
         assert {c["nat"] for c in by["isp1"]} == {lab.address(1)}
         assert all(c["state"] == "ESTABLISHED" for c in by["isp1"])
         assert all(c["age"] is not None and c["bytes"] > 0 for c in by["isp1"])
         text = lab.connpin("connections", "ppp1").stdout
-        assert text.startswith("isp2 (ppp1, up") and "1 connection" in text
+        assert text.startswith("isp2 (ppp1, up") and "2 connections" in text
         bad = lab.connpin("connections", "nope", check=False)
         assert bad.returncode == 2 and "nope" in bad.stderr
 

@@ -52,3 +52,11 @@ def test_status_shows_pinned_counts_and_bytes() -> None:
     text = status.text(report)
     assert "pinned" in text.splitlines()[0]
     assert "3 (5.0 MiB)" in text and text.splitlines()[2].rstrip().endswith("0")
+
+
+def test_inside_tells_outbound_from_inbound() -> None:
+    from connpin import pins
+
+    here = pins.Inside(["10.77.0.0/24", "100.64.2.2/32", "fd00:77::/64"])
+    assert "10.77.0.9" in here and "100.64.2.2" in here and "fd00:77::5" in here
+    assert "203.0.113.10" not in here and "2001:db8::1" not in here and "bogus" not in here

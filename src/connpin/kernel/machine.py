@@ -59,7 +59,9 @@ class Kernel:
             else "iptables"
         observed = D.Observed(links, self.netlink.main_gateways(dump), values,
                               gateways6=self.netlink.main_gateways6(dump6) if ipv6 else {},
-                              ipv6=ipv6, backend=auto)
+                              ipv6=ipv6, backend=auto,
+                              inside=self.netlink.inside(
+                                  [dump, dump6], lambda n: config.match(n) is not None))
         families = (4, 6) if ipv6 else (4,)
         self._backend, self._families = D.backend(config, observed), families
         rule_range, table_range = D.owned(config)

@@ -17,6 +17,7 @@ _UNSET32 = 0xFFFFFFFF
 RT_SCOPE_LINK = 253
 RT_SCOPE_NOWHERE = 255
 RTN_UNICAST = 1
+RTN_LOCAL = 2
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 _FAMILY = {v: k for k, v in _AF.items()}
 
@@ -95,6 +96,24 @@ class Netlink:
             if name not in best or metric < best[name][0]:
                 best[name] = (metric, r.get_attr("RTA_GATEWAY"))
         return {k: v[1] for k, v in best.items()}
+
+    def inside(self, dumps: list[list], is_uplink) -> tuple[str, ...]:
+        """Where connections start on this side: the router's own addresses (local routes) and
+        what main routes to an interface that is not an uplink (the LAN, static routes)."""
+        out = set()
+        for dump in dumps:
+            for r in dump:
+                table = r.get_attr("RTA_TABLE") or r["table"]
+                dst, plen = r.get_attr("RTA_DST"), r["dst_len"]
+                if dst is None or not plen:
+                    continue
+                if r["type"] == RTN_LOCAL:
+                    out.add(f"{dst}/{plen}")
+                elif table == MAIN_TABLE and r["type"] == RTN_UNICAST:
+                    oif = r.get_attr("RTA_OIF")
+                    if oif is not None and not is_uplink(self._name(oif)):
+                        out.add(f"{dst}/{plen}")
+        return tuple(sorted(out))
 
     def rules(self, *bands: range, families: tuple[int, ...] = (4,)) -> list[Rule]:
         """Rules (of these families, 4 and/or 6) whose priority lies in one of `bands`."""
