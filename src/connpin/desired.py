@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from connpin import alloc
 from connpin.alloc import Slot
-from connpin.model import Config, Uplink
+from connpin.model import MAX_INTERFACES, RULE_BAND, Config, ConfigError, Uplink
 from connpin.render import iptables, nft
 
 MAIN_TABLE = 254
@@ -151,22 +151,57 @@ def base_rules(config: Config, family: int = 4) -> tuple[Rule, ...]:
 
     P+0: unmarked packets skip the band at the cost of one rule;
     P+1: marked packets still use main for anything more specific than a default route;
-    P+2: per-uplink `fwmark M/MASK lookup T` (added by `uplink_rules`);
-    P+3: a marked packet whose uplink has no route is refused, never sent out another uplink;
-    P+4: landing spot of the skip.
+    P+2..: the mark tree (`tree_rules`): a marked packet reaches its uplink's lookup in
+           O(log uplinks) rules;
+    END-1: a marked packet whose uplink has no route is refused, never sent out another uplink;
+    END: landing spot of the skip.
     """
     p, mask = config.pinning.rule_priority, config.pinning.mark_mask
+    end = p + RULE_BAND - 1
     return (
-        Rule(p, "goto", fwmark=0, fwmask=mask, goto=p + 4, family=family),
+        Rule(p, "goto", fwmark=0, fwmask=mask, goto=end, family=family),
         Rule(p + 1, "lookup", table=MAIN_TABLE, suppress_prefixlength=0, family=family),
-        Rule(p + 3, "unreachable", family=family),
-        Rule(p + 4, "nop", family=family),
+        Rule(end - 1, "unreachable", family=family),
+        Rule(end, "nop", family=family),
     )
 
 
-def uplink_rule(config: Config, s: Slot, family: int = 4) -> Rule:
-    return Rule(config.pinning.rule_priority + 2, "lookup", table=s.table,
-                fwmark=s.mark, fwmask=config.pinning.mark_mask, family=family)
+def tree_rules(config: Config, known: list[Slot], up: set[int], family: int = 4) -> list[Rule]:
+    """A binary tree of `goto` rules over the mark bits of the known slots, laid out in priority
+    order (goto only jumps forward), with each slot's `fwmark M/MASK lookup T` as a leaf.
+
+    The kernel walks ip rules one by one but a goto jumps straight to its target, so a marked
+    packet costs one rule per tree level instead of one per uplink. An inner node tests the
+    highest index bit on which its slots differ: set -> goto the right half, clear -> fall
+    through into the left half, which follows at once. Leaves match the whole mark, so the tree
+    only ever saves work: a packet that misses its leaf (uplink down, or mid-change) falls
+    through to the `unreachable` rule, never into another uplink's table. The tree is built over
+    every known slot (not only the up ones), so an uplink going up or down adds or removes just
+    its leaf; the priorities of a leaf's absent rule simply stay empty (a goto to an empty
+    priority falls through). n slots take 2n-1 priorities from P+2.
+    """
+    mask = config.pinning.mark_mask
+    out: list[Rule] = []
+
+    def build(part: list[Slot], prio: int) -> None:
+        if len(part) == 1:
+            if part[0].index in up:
+                out.append(Rule(prio, "lookup", table=part[0].table, fwmark=part[0].mark,
+                                fwmask=mask, family=family))
+            return
+        bit = 1 << ((part[0].index ^ part[-1].index).bit_length() - 1)
+        left = [s for s in part if not s.index & bit]
+        right = part[len(left):]
+        mark = alloc.deposit(bit, mask)
+        right_at = prio + 2 * len(left)
+        out.append(Rule(prio, "goto", fwmark=mark, fwmask=mark, goto=right_at, family=family))
+        build(left, prio + 1)
+        build(right, right_at)
+
+    ordered = sorted(set(known))
+    if ordered:
+        build(ordered, config.pinning.rule_priority + 2)
+    return out
 
 
 def slots(config: Config, observed: Observed) -> list[tuple[Uplink, str, Slot]]:
@@ -179,6 +214,9 @@ def slots(config: Config, observed: Observed) -> list[tuple[Uplink, str, Slot]]:
             present = [n for n in observed.links if config.match(n) is u]
             for ifname, s in alloc.pattern_marks(config, u, present, taken).items():
                 out.append((u, ifname, s))
+    if len(out) > MAX_INTERFACES:
+        raise ConfigError(config.path, "uplink", f"{len(out)} uplink interfaces; connpin's rule "
+                          f"band has room for {MAX_INTERFACES}")
     return sorted(out, key=lambda t: (t[2].index, t[1]))
 
 
@@ -264,10 +302,11 @@ def compute(config: Config, observed: Observed,
     """The full desired state for this config on this machine."""
     states = [_uplink_state(u, i, s, observed, going_down) for u, i, s in slots(config, observed)]
     rules = list(base_rules(config))
-    rules += [uplink_rule(config, st.slot) for st in states if st.up]
+    known = [st.slot for st in states]
+    rules += tree_rules(config, known, {st.slot.index for st in states if st.up})
     if observed.ipv6 or observed.imagined:
         rules += base_rules(config, 6)
-        rules += [uplink_rule(config, st.slot, 6) for st in states if st.up6]
+        rules += tree_rules(config, known, {st.slot.index for st in states if st.up6}, 6)
     routes = [st.route for st in states if st.route is not None]
     routes += [st.route6 for st in states if st.route6 is not None]
     rule_range, table_range = owned(config)

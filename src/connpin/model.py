@@ -15,8 +15,11 @@ from typing import Any
 
 DEFAULT_CONFIG = "/etc/connpin/connpin.toml"
 
-#: Rule priorities connpin owns: [rule_priority, rule_priority + RULE_BAND).
-RULE_BAND = 10
+#: Rule priorities connpin owns: [rule_priority, rule_priority + RULE_BAND). The mark tree
+#: (desired.tree_rules) takes 2n-1 of them for n uplink interfaces, 4 are fixed.
+RULE_BAND = 1024
+#: Most uplink interfaces the rule band has room for.
+MAX_INTERFACES = (RULE_BAND - 4) // 2
 #: Routing tables the kernel reserves: unspec, default, main, local.
 RESERVED_TABLES = frozenset({0, 253, 254, 255})
 #: ip rule priorities that are the kernel's defaults (local, main, default).
@@ -329,6 +332,9 @@ def _check_whole(config: Config) -> None:
             f"{pin.mark_mask:#010x} gives {capacity} marks, too few for "
             f"{len(config.uplinks)} uplinks (use a mask with more bits)",
         )
+    if len(config.uplinks) > MAX_INTERFACES:
+        raise ConfigError(path, "uplink", f"{len(config.uplinks)} uplinks; connpin's rule band "
+                          f"has room for {MAX_INTERFACES}")
     if patterns and capacity < len(config.uplinks) + 1:
         raise ConfigError(
             path, "pinning.mark_mask",

@@ -18,6 +18,7 @@ import pytest
 from test_pinning import foreign_iptables
 
 from connpin.lab import Lab
+from connpin.model import RULE_BAND
 
 pytestmark = [
     pytest.mark.kernel,
@@ -165,7 +166,7 @@ def test_v6_5b_pinned_connection_fails_closed_when_its_uplink_is_gone() -> None:
             assert not probe.wait_rounds(2, 1.5)
             assert lab.spoofed6(2) == before, "packets with ISP 1's prefix reached ISP 2"
             # the test can tell: without connpin's IPv6 unreachable rule they do leak
-            lab.exec("router", ["ip", "-6", "rule", "del", "priority", "10003"])
+            lab.exec("router", ["ip", "-6", "rule", "del", "priority", str(10000 + RULE_BAND - 2)])
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and lab.spoofed6(2) == before:
                 time.sleep(0.05)

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import pytest
 
 from connpin.lab import Lab
+from connpin.model import RULE_BAND
 
 pytestmark = [
     pytest.mark.kernel,
@@ -123,8 +124,10 @@ def test_4_pinned_connection_survives_50_flaps_of_the_other_uplink() -> None:
             probe.close()
         assert_status_ok(lab)
         rules = lab.exec("router", ["ip", "-4", "rule", "show"]).stdout.splitlines()
-        band = [r for r in rules if r.startswith("1000")]
-        assert len(band) == 4 + 2, band  # base rules + one fwmark lookup per live uplink
+        band = [r for r in rules if int(r.split(":")[0]) in range(10000, 10000 + RULE_BAND)]
+        # base rules + the mark tree: one goto node over 2 uplinks, one lookup per live uplink
+        assert len(band) == 4 + 1 + 2, band
+        assert sum("lookup 1" in r for r in band) == 2, band
 
 
 def test_5_new_connections_fail_over_when_the_pinned_uplink_goes_down() -> None:
@@ -167,7 +170,7 @@ def test_5b_pinned_connection_fails_closed_when_its_uplink_is_gone() -> None:
             leaked = lab.netstat("isp2").get("TcpExt.IPReversePathFilter", 0) - before
             assert leaked == 0, f"{leaked} packets with ISP 1's address reached ISP 2"
             # the test can tell: without connpin's unreachable rule they do leak
-            lab.exec("router", ["ip", "rule", "del", "priority", "10003"])
+            lab.exec("router", ["ip", "rule", "del", "priority", str(10000 + RULE_BAND - 2)])
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and lab.netstat("isp2").get(
                     "TcpExt.IPReversePathFilter", 0) == before:

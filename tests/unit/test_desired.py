@@ -1,7 +1,9 @@
 """Desired state and the diff against what is installed: pure, no kernel."""
 
+import pytest
+
+from connpin import alloc, model, reconcile
 from connpin import desired as D
-from connpin import model, reconcile
 from connpin.reconcile import Installed
 
 CFG = model.loads("""
@@ -44,9 +46,106 @@ def test_up_uplinks_get_route_and_rule() -> None:
 
 def test_base_rules_skip_unmarked_keep_main_and_fail_closed() -> None:
     rules = [str(r) for r in D.compute(CFG, observed()).rules]
-    assert rules[0] == "priority 10000 fwmark 0x0/0xff0000 goto 10004"
+    assert rules[0] == "priority 10000 fwmark 0x0/0xff0000 goto 11023"
     assert rules[1] == "priority 10001 lookup main suppress_prefixlength 0"
-    assert rules[-2:] == ["priority 10003 unreachable", "priority 10004 nop"]
+    assert rules[-2:] == ["priority 11022 unreachable", "priority 11023 nop"]
+
+
+def walk(rules: tuple[D.Rule, ...], mark: int, routed: set[int],
+         family: int = 4) -> tuple[str, int]:
+    """How the kernel's fib_rules_lookup treats a packet with `mark`: rules in priority order, a
+    goto jumps to the first rule of its target priority (falls through when there is none), a
+    lookup ends the walk only when its table (in `routed`) has a route. Returns (outcome, rules
+    looked at); main's suppressed lookup never ends the walk here."""
+    order = sorted((r for r in rules if r.family == family), key=D.sort_key)
+    i, seen = 0, 0
+    while i < len(order):
+        r = order[i]
+        seen += 1
+        if r.fwmark is None or mark & r.fwmask == r.fwmark:
+            if r.action == "goto":
+                j = next((k for k, x in enumerate(order) if x.priority == r.goto), None)
+                if j is not None:
+                    i = j
+                    continue
+            elif r.action == "lookup" and r.table in routed:
+                return f"table {r.table}", seen
+            elif r.action == "unreachable":
+                return "unreachable", seen
+        i += 1
+    return "fell out", seen
+
+
+def many(n: int, mask: int = 0x01FF0000, spread: int = 1) -> model.Config:
+    text = f"[pinning]\nmark_mask = {mask:#x}\n"
+    for i in range(n):
+        mark = alloc.deposit(1 + (i * spread) % alloc.capacity(mask), mask)
+        text += f'[[uplink]]\nname = "u{i}"\ninterface = "up{i}"\nmark = {mark:#x}\n'
+    return model.loads(text)
+
+
+def all_up(config: model.Config) -> D.Observed:
+    links = {f"up{i}": D.Link(f"up{i}", i + 10, True, ("100.64.0.2",))
+             for i in range(len(config.uplinks))}
+    return D.Observed(links, {}, {})
+
+
+@pytest.mark.parametrize(("n", "spread"), [(1, 1), (2, 1), (5, 37), (16, 1), (64, 29),
+                                           (256, 1), (300, 3)])
+def test_mark_tree_reaches_every_uplink_in_log_rules(n: int, spread: int) -> None:
+    config = many(n, spread=spread)
+    want = D.compute(config, all_up(config))
+    routed = {u.slot.table for u in want.uplinks}
+    bits = bin(config.pinning.mark_mask).count("1")
+    worst = 0
+    for u in want.uplinks:
+        outcome, seen = walk(want.rules, u.slot.mark, routed)
+        assert outcome == f"table {u.slot.table}"
+        worst = max(worst, seen)
+    assert worst <= 2 + bits + 1  # skip, main, one rule per tree level, the leaf
+    assert walk(want.rules, 0, routed) == ("fell out", 2)  # unmarked: skip -> nop, done
+    up6 = {u.slot.table for u in want.uplinks if u.up6}
+    for u in want.uplinks:  # the IPv6 family has the same tree over the same slots
+        assert walk(want.rules, u.slot.mark, up6, 6)[0] == (
+            f"table {u.slot.table}" if u.up6 else "unreachable")
+    assert walk(want.rules, 0x01AA0000, set())[0] == "unreachable"
+    used = sorted(r.priority for r in want.rules)
+    assert used[-1] - config.pinning.rule_priority < model.RULE_BAND
+    assert len({(r.family, r.priority) for r in want.rules if r.action != "nop"}) == len(
+        [r for r in want.rules if r.action != "nop"])  # one rule per priority: order is fixed
+
+
+def test_mark_tree_fails_closed_for_down_and_unknown_marks() -> None:
+    config = many(16, spread=5)
+    down = {"up3", "up7"}
+    obs = all_up(config)
+    obs = D.Observed({k: v for k, v in obs.links.items() if k not in down}, {}, {})
+    want = D.compute(config, obs)
+    routed = {u.slot.table for u in want.uplinks if u.up}
+    for u in want.uplinks:
+        outcome, _ = walk(want.rules, u.slot.mark, routed | {u.slot.table})
+        assert outcome == ("unreachable" if u.interface in down else f"table {u.slot.table}")
+    # an up uplink whose table lost its route: refused, never another uplink's table
+    for u in want.uplinks:
+        assert walk(want.rules, u.slot.mark, routed - {u.slot.table})[0] == "unreachable"
+    assert walk(want.rules, alloc.deposit(511, config.pinning.mark_mask), routed)[0] == (
+        "unreachable")
+
+
+def test_uplink_going_down_changes_only_its_leaf() -> None:
+    config = many(64, spread=29)
+    up = D.compute(config, all_up(config))
+    obs = all_up(config)
+    obs = D.Observed({k: v for k, v in obs.links.items() if k != "up9"}, {}, {})
+    down = D.compute(config, obs)
+    gone = set(up.rules) - set(down.rules)
+    assert set(down.rules) < set(up.rules) and len(gone) == 1
+    assert next(iter(gone)).table == next(u for u in up.uplinks if u.interface == "up9").slot.table
+
+
+def test_too_many_uplinks_for_the_band() -> None:
+    with pytest.raises(model.ConfigError, match="room for"):
+        many(model.MAX_INTERFACES + 1, mask=0x03FF0000)
 
 
 def test_down_reasons() -> None:

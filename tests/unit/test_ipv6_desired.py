@@ -79,8 +79,9 @@ def test_uplink_without_ipv6_default_route_is_ipv4_only() -> None:
     assert b.up and not b.up6 and "no IPv6 default route" in b.reason6
     assert not [r for r in want.rules if r.family == 6 and r.table == b.slot.table]
     assert st(want, "isp-c").up6  # static gateway6
-    # base rules of both families exist; the ruleset does not depend on IPv6 state
-    assert len([r for r in want.rules if r.family == 6]) == 4 + 1
+    # base rules of both families exist (+ 2 tree nodes over 3 uplinks, 1 leaf); the ruleset
+    # does not depend on IPv6 state
+    assert len([r for r in want.rules if r.family == 6]) == 4 + 2 + 1
     assert want.ruleset == D.compute(CFG, observed()).ruleset
 
 
@@ -112,7 +113,7 @@ def test_remove_deletes_both_families() -> None:
     have = Installed(want.rules, want.routes, "listing", "x")
     steps = reconcile.diff(D.nothing(CFG), observed(), have)
     text = [str(s) for s in steps]
-    assert sum(t.startswith("ip -6 rule del") for t in text) == 4 + 3
+    assert sum(t.startswith("ip -6 rule del") for t in text) == 4 + 2 + 3  # base, nodes, leaves
     assert sum(t.startswith("ip -6 route del") for t in text) == 3
 
 
@@ -139,11 +140,11 @@ def test_ruleset_pins_ipv6_but_never_nd_link_local_or_multicast() -> None:
 def test_plan_and_status_show_both_families() -> None:
     result = reconcile.run(CFG, reconcile.Imagined(), effects=False)
     txt = plan.text(CFG, result, live=False)
-    assert "ip -6 rule add priority 10000 fwmark 0x0/0xff0000 goto 10004" in txt
+    assert "ip -6 rule add priority 10000 fwmark 0x0/0xff0000 goto 11023" in txt
     assert "ip -6 route add default via <auto> dev eth1" in txt
     assert "ip -6 route add default via fe80::1 dev eth2" in txt
     d = plan.as_dict(CFG, result, live=False)
-    assert len(d["rules6"]) == 4 + 3 and len(d["routes6"]) == 3
+    assert len(d["rules6"]) == 4 + 2 + 3 and len(d["routes6"]) == 3
     assert d["uplinks"][0]["ipv6"]["up"] is True
     want = D.compute(CFG, observed(gateways6={}))
     have = Installed(want.rules, want.routes, "l", reconcile.sha(want.ruleset))

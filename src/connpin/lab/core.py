@@ -833,6 +833,24 @@ class Lab:
             self._up.discard(k)
             self._write_state()
 
+    def add_spare_uplinks(self, count: int, prefix: str = "spare") -> list[str]:
+        """Add `count` cheap uplink-like interfaces to the router: `spare0`.. as port-less bridges,
+        admin up with a /32 address from 100.100.0.0/16, and nothing behind them.
+
+        For configs with many uplinks (benchmarks, the mark tree): connpin counts them up and
+        installs their rules and routes, but no traffic can leave through them. Returns the
+        interface names; they go away with the lab.
+        """
+        if not 0 <= count <= 4000 or not re.fullmatch(r"[a-z]{1,8}", prefix):
+            raise ValueError("count must be 0..4000 and prefix 1-8 lowercase letters")
+        r, names = self._ipr["router"], []
+        for i in range(count):
+            name = f"{prefix}{i}"
+            r.link("add", ifname=name, kind="bridge")
+            self._up_addr("router", name, f"100.100.{i // 250}.{i % 250 + 1}", 32)
+            names.append(name)
+        return names
+
     def _ppp_up(self, k: int, addr: str) -> None:
         r, isp, ifname = self._ipr["router"], self._ipr[f"isp{k}"], self.iface(k)
         peer = self.gateway(k)
