@@ -218,7 +218,8 @@ def _change(config: model.Config, args: argparse.Namespace) -> int:
     if not quiet:
         n = len(result.steps)
         print(f"connpin {what}: {n} change{'s' if n != 1 else ''}, verified ({ms:.0f} ms)"
-              if n else f"connpin {what}: nothing to change, kernel matches the plan")
+              if n else f"connpin {what}: nothing to change, kernel matches the plan "
+              f"({ms:.0f} ms)")
     return 0
 
 

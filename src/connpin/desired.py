@@ -65,9 +65,12 @@ class Rule:
     def key(self) -> tuple:
         """Sort key (IPv4 first, then kernel order); unset fields sort first, never compared
         with None."""
-        return (self.family, self.priority, self.action, self.table, *(
-            -1 if v is None else v
-            for v in (self.fwmark, self.fwmask, self.goto, self.suppress_prefixlength)))
+        u = -1  # unset
+        return (self.family, self.priority, self.action, self.table,
+                u if self.fwmark is None else self.fwmark,
+                u if self.fwmask is None else self.fwmask,
+                u if self.goto is None else self.goto,
+                u if self.suppress_prefixlength is None else self.suppress_prefixlength)
 
     def __str__(self) -> str:
         s = f"priority {self.priority}"

@@ -40,7 +40,9 @@ def converge(config: Config, *, going_down: frozenset[str] = frozenset(),
         try:
             result = reconcile.run(config, machine, going_down=going_down, remove=remove,
                                    effects=effects)
-            left = reconcile.verify(config, machine, going_down, remove=remove) if effects else []
+            # Nothing changed: the diff just taken against a fresh observation is the verify.
+            left = reconcile.verify(config, machine, going_down,
+                                    remove=remove) if effects and result.steps else []
             notes = _policies(config, result) if effects and not remove and not left else []
         finally:
             if own:
