@@ -6,18 +6,33 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 SYSPKGS := nftables:nft conntrack:conntrack iproute2:ip procps:sysctl iptables:iptables-legacy
+BENCHPKGS := iperf3:iperf3
+BENCHSTAMP := $(VENV)/.bench-installed
 
-.PHONY: test unit lint demo sysdeps venv clean
+.PHONY: test unit lint demo sysdeps venv clean bench bench-quick
 
 test: sysdeps $(STAMP)
-	$(PY) -m ruff check src tests
+	$(PY) -m ruff check src tests bench
 	$(PY) -m pytest -q -p no:cacheprovider
 
 unit: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests
+	$(PY) -m ruff check src tests bench
+
+# Benchmarks (not part of `make test`): a few minutes, results in bench/results/.
+# QUICK=1 (or `make bench-quick`) runs fewer repetitions, as a smoke test.
+bench: sysdeps $(BENCHSTAMP)
+	@$(MAKE) --no-print-directory sysdeps SYSPKGS="$(BENCHPKGS)"
+	$(PY) bench/run.py $(if $(QUICK),--quick)
+
+bench-quick:
+	@$(MAKE) --no-print-directory bench QUICK=1
+
+$(BENCHSTAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $@
 
 demo:
 	@if [ "$$(id -u)" != 0 ]; then \
