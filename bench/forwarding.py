@@ -18,7 +18,7 @@ HIGHER_IS_BETTER = {"udp_pps": True, "udp_cpu": False, "tcp_bps": True}
 def main() -> None:
     args = C.parse_args(__doc__)
     C.need("iperf3", "iptables", "conntrack")
-    reps = 1 if args.quick else 4
+    reps = 1 if args.quick else 3
     seconds = 1
     sizes = (2, 64) if args.quick else C.UPLINKS
     data: dict[tuple[str, str, int], list[float]] = {}

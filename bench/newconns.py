@@ -16,7 +16,7 @@ METRICS = {
 def main() -> None:
     args = C.parse_args(__doc__)
     C.need("iptables", "conntrack")
-    reps = 1 if args.quick else 4
+    reps = 1 if args.quick else 3
     seconds = 1.0
     sizes = (2, 64) if args.quick else C.UPLINKS
     data: dict[tuple[str, str, int], list[float]] = {}
