@@ -30,12 +30,13 @@ def converge(config: Config, *, going_down: frozenset[str] = frozenset(),
     """
     from connpin.kernel import state
 
+    own = machine is None
+    if own:
+        # imported before the clock starts: importing pyroute2 (~70 ms) is start-up, not work
+        from connpin.kernel.machine import Kernel
     started = time.monotonic()
     with state.locked():
-        own = machine is None
         if own:
-            from connpin.kernel.machine import Kernel
-
             machine = Kernel()
         try:
             result = reconcile.run(config, machine, going_down=going_down, remove=remove,
