@@ -125,8 +125,9 @@ def test_v6_4_pinned_connection_survives_flaps_of_the_other_uplink() -> None:
             probe.close()
         assert_status_ok(lab)
         rules = lab.exec("router", ["ip", "-6", "rule", "show"]).stdout.splitlines()
-        band = [r for r in rules if r.startswith("1000")]
-        assert len(band) == 4 + 2, band  # base rules + one fwmark lookup per live uplink
+        band = [r for r in rules if int(r.split(":")[0]) in range(10000, 10000 + RULE_BAND)]
+        # base rules + the mark tree: one goto node over 2 uplinks, one lookup per live uplink
+        assert len(band) == 4 + 1 + 2, band
 
 
 def test_v6_5_new_connections_fail_over_when_the_pinned_uplink_goes_down() -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from connpin.lab import Lab
+from connpin.model import RULE_BAND
 
 pytestmark = [
     pytest.mark.kernel,
@@ -207,8 +208,9 @@ def test_watch_survives_flaps_with_new_addresses() -> None:
             finally:
                 probe.close()
             rules = lab.exec("router", ["ip", "-4", "rule", "show"]).stdout.splitlines()
-            band = [r for r in rules if r.startswith("1000")]
-            assert len(band) == 4 + 2, band  # base rules + one fwmark lookup per live uplink
+            band = [r for r in rules if int(r.split(":")[0]) in range(10000, 10000 + RULE_BAND)]
+            # base rules + the mark tree: one goto node over 2 uplinks, one lookup per live uplink
+            assert len(band) == 4 + 1 + 2, band
             assert_no_failures(daemon)
 
 
