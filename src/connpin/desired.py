@@ -181,7 +181,8 @@ def tree_rules(config: Config, known: list[Slot], up: set[int], family: int = 4)
     through to the `unreachable` rule, never into another uplink's table. The tree is built over
     every known slot (not only the up ones), so an uplink going up or down adds or removes just
     its leaf; the priorities of a leaf's absent rule simply stay empty (a goto to an empty
-    priority falls through). n slots take 2n-1 priorities from P+2.
+    priority falls through). n slots take 2n-1 priorities from P+2. While no leaf is up (an
+    IPv4-only router's IPv6 family) there is no tree at all.
     """
     mask = config.pinning.mark_mask
     out: list[Rule] = []
@@ -202,7 +203,7 @@ def tree_rules(config: Config, known: list[Slot], up: set[int], family: int = 4)
         build(right, right_at)
 
     ordered = sorted(set(known))
-    if ordered:
+    if any(s.index in up for s in ordered):  # no leaf up (e.g. no IPv6 uplink): no tree either
         build(ordered, config.pinning.rule_priority + 2)
     return out
 

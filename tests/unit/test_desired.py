@@ -143,6 +143,12 @@ def test_uplink_going_down_changes_only_its_leaf() -> None:
     assert next(iter(gone)).table == next(u for u in up.uplinks if u.interface == "up9").slot.table
 
 
+def test_no_leaf_up_no_tree() -> None:
+    config = many(16, spread=5)
+    none_up = D.compute(config, D.Observed({}, {}, {}, ipv6=False))
+    assert [r.action for r in none_up.rules] == ["goto", "lookup", "unreachable", "nop"]
+
+
 def test_too_many_uplinks_for_the_band() -> None:
     with pytest.raises(model.ConfigError, match="room for"):
         many(model.MAX_INTERFACES + 1, mask=0x03FF0000)
