@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE.parent / "src"))  # this checkout's connpin, also wi
 from pyroute2 import IPRoute  # noqa: E402
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE  # noqa: E402
 
-from connpin import desired, hooks, model, reconcile, watch  # noqa: E402
+from connpin import hooks, model, reconcile, watch  # noqa: E402
 from connpin.kernel import netns, state  # noqa: E402
 from connpin.lab import Lab  # noqa: E402
 
@@ -126,7 +126,8 @@ class Bench:
         slot = next(u.slot for u in want.uplinks if u.interface == "ppp0")
         self.table, self.mark = slot.table, slot.mark
         self.mask = config.pinning.mark_mask
-        self.priority = desired.uplink_rule(config, slot).priority
+        self.priority = next(r.priority for r in want.rules  # its leaf in the mark tree
+                             if r.action == "lookup" and r.table == slot.table and r.family == 4)
         self.hook = lab.workdir / "ip-up-connpin"
         self.hook.write_text(hooks.script(hooks.PPP[0], str(lab.config_path)))
         self.shell = lab.workdir / "ip-up-reference"
