@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from test_pinning import foreign_iptables
+from test_pinning import STALL, assert_flowing, assert_status_ok, foreign_iptables
 
 from connpin.lab import Lab
 from connpin.model import RULE_BAND
@@ -25,7 +25,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
 ]
 
-STALL = 1.0
 
 
 @contextmanager
@@ -39,17 +38,6 @@ def pinned6(uplinks: tuple[str, ...] = ("ppp", "ppp"), nat6: str = "masquerade",
         lab.connpin("hooks", "install", "--ppp", "--networkmanager", "--root", lab.hooks_root)
         lab.connpin("apply")
         yield lab
-
-
-def assert_flowing(probe, rounds: int = 5, timeout: float = 5.0) -> None:
-    probe.reset_gap()
-    assert probe.wait_rounds(rounds, timeout), f"probe stalled (peer {probe.peer})"
-    assert probe.max_gap < STALL, f"probe stalled for {probe.max_gap:.2f}s"
-
-
-def assert_status_ok(lab: Lab) -> None:
-    p = lab.connpin("status", check=False)
-    assert p.returncode == 0, p.stdout + p.stderr
 
 
 def story_outbound6(lab: Lab) -> None:

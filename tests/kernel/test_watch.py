@@ -20,6 +20,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
+from test_pinning import STALL, assert_flowing
 
 from connpin.lab import Lab
 from connpin.model import RULE_BAND
@@ -29,7 +30,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
 ]
 
-STALL = 1.0  # a pinned connection must never go this long without a round trip
 CONVERGE = 10.0  # deadline for the daemon to bring the kernel to the plan (noisy machine)
 
 
@@ -124,12 +124,6 @@ def wait_pinned(lab: Lab, up: set[int], daemon: Daemon | None = None,
             log = f"\ndaemon log:\n{daemon.log}" if daemon else ""
             raise AssertionError(f"not converged to up={sorted(up)}: {report}{log}")
         time.sleep(0.05)
-
-
-def assert_flowing(probe, rounds: int = 5, timeout: float = 5.0) -> None:
-    probe.reset_gap()
-    assert probe.wait_rounds(rounds, timeout), f"probe stalled (peer {probe.peer})"
-    assert probe.max_gap < STALL, f"probe stalled for {probe.max_gap:.2f}s"
 
 
 def assert_no_failures(daemon: Daemon) -> None:
