@@ -10,6 +10,7 @@ import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -118,10 +119,24 @@ class Config:
     def uplink(self, name: str) -> Uplink | None:
         return next((u for u in self.uplinks if u.name == name), None)
 
+    @cached_property
+    def _exact(self) -> dict[str, Uplink]:
+        """Uplinks by exact interface name: observing asks `match` for every link and route,
+        and a scan of 256 uplinks per question cost ~10 ms per observe."""
+        out: dict[str, Uplink] = {}
+        for u in self.uplinks:
+            if not u.is_pattern:
+                out.setdefault(u.interface, u)
+        return out
+
+    @cached_property
+    def _patterns(self) -> tuple[Uplink, ...]:
+        return tuple(u for u in self.uplinks if u.is_pattern)
+
     def match(self, ifname: str) -> Uplink | None:
         """The uplink an interface belongs to (exact names win over patterns)."""
-        exact = next((u for u in self.uplinks if not u.is_pattern and u.matches(ifname)), None)
-        return exact or next((u for u in self.uplinks if u.is_pattern and u.matches(ifname)), None)
+        exact = self._exact.get(ifname)
+        return exact or next((u for u in self._patterns if u.matches(ifname)), None)
 
     def failback(self, uplink: Uplink) -> str:
         """What happens to connections of less preferred uplinks when `uplink` comes up."""
@@ -310,20 +325,30 @@ def _check_whole(config: Config) -> None:
         if u.name in seen:
             raise ConfigError(path, f"uplink[{i}].name", f"{u.name!r} is used twice")
         seen[u.name] = u.interface
+    # Linear in the uplinks (a pairwise scan took ~8 ms at 256): the first earlier uplink with
+    # the same interface, or the first earlier pattern that overlaps, whichever comes first.
+    first: dict[str, int] = {}
+    patterns: list[int] = []
     for i, u in enumerate(config.uplinks):
-        for j, v in enumerate(config.uplinks[:i]):
+        clash = [first[u.interface]] if u.interface in first else []
+        if u.is_pattern:
+            clash += [j for j in patterns if (v := config.uplinks[j]).prefix.startswith(u.prefix)
+                      or u.prefix.startswith(v.prefix)][:1]
+        if clash:
+            j = min(clash)
+            v = config.uplinks[j]
             if u.interface == v.interface:
                 raise ConfigError(
                     path, f"uplink[{i}] ({u.name}).interface",
                     f"{u.interface!r} is already used by uplink {v.name!r} (uplink[{j}])",
                 )
-            if u.is_pattern and v.is_pattern and (
-                u.prefix.startswith(v.prefix) or v.prefix.startswith(u.prefix)
-            ):
-                raise ConfigError(
-                    path, f"uplink[{i}] ({u.name}).interface",
-                    f"pattern {u.interface!r} overlaps {v.interface!r} of uplink {v.name!r}",
-                )
+            raise ConfigError(
+                path, f"uplink[{i}] ({u.name}).interface",
+                f"pattern {u.interface!r} overlaps {v.interface!r} of uplink {v.name!r}",
+            )
+        first.setdefault(u.interface, i)
+        if u.is_pattern:
+            patterns.append(i)
     capacity = alloc.capacity(pin.mark_mask)
     patterns = sum(1 for u in config.uplinks if u.is_pattern)
     if len(config.uplinks) > capacity:
