@@ -6,6 +6,7 @@ there is exactly one way to compute and install the state.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,8 +43,10 @@ def converge(config: Config, *, going_down: frozenset[str] = frozenset(),
             result = reconcile.run(config, machine, going_down=going_down, remove=remove,
                                    effects=effects)
             # Nothing changed: the diff just taken against a fresh observation is the verify.
-            left = reconcile.verify(config, machine, going_down,
-                                    remove=remove) if effects and result.steps else []
+            left = []
+            if effects and result.steps:
+                with getattr(machine, "verifying", contextlib.nullcontext)():
+                    left = reconcile.verify(config, machine, going_down, remove=remove)
             notes = _policies(config, result) if effects and not remove and not left else []
         finally:
             if own:
