@@ -162,9 +162,10 @@ def sweep(config: Config) -> tuple[int, float | None]:
             want = set(p["handles"])
             alive = [e for e in c.entries(p["mark"], config.pinning.mark_mask)
                      if e.handle.hex() in want]
-            ready = [e for e in alive if (ct.idle(e, table) or 0) >= p["idle"]]
+            ready, busy = [], []
+            for e in alive:
+                (ready if (ct.idle(e, table) or 0) >= p["idle"] else busy).append(e)
             flushed += c.delete(ready)
-            busy = [e for e in alive if e not in ready]
             if busy:
                 keep.append({**p, "handles": [e.handle.hex() for e in busy]})
                 soonest = min(p["idle"] - (ct.idle(e, table) or 0) for e in busy)
