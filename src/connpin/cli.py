@@ -151,8 +151,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from connpin import reconcile
         from connpin.kernel import nft as nftool  # only looks for the tool on PATH
 
-        auto = "nftables" if config.pinning.backend != "auto" or nftool.available() \
-            else "iptables"
+        auto = nftool.auto_backend(config.pinning.backend)
         return _plan(config, reconcile.run(config, reconcile.Imagined(auto), effects=False),
                      args)
     _need_root(args.command)

@@ -81,8 +81,7 @@ class Kernel:
         dump = self.netlink.route_dump()
         ipv6 = os.path.isdir("/proc/sys/net/ipv6")
         dump6 = self.netlink.route_dump(6) if ipv6 else []
-        auto = "nftables" if config.pinning.backend != "auto" or nftool.available() \
-            else "iptables"
+        auto = nftool.auto_backend(config.pinning.backend)
         observed = D.Observed(links, self.netlink.main_gateways(dump), values,
                               gateways6=self.netlink.main_gateways6(dump6) if ipv6 else {},
                               ipv6=ipv6, backend=auto,
