@@ -11,7 +11,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -52,14 +52,21 @@ def assert_status_ok(lab: Lab) -> None:
     assert p.returncode == 0, p.stdout + p.stderr
 
 
-def story_outbound(lab: Lab) -> None:
-    """1: a connection opened over the backup keeps working after the preferred uplink returns."""
+def _settled(up: set[int]) -> None:
+    """With hooks, `uplink_up` returns once the pinning is in place: nothing to wait for."""
+
+
+def story_outbound(lab: Lab, settle: Callable[[set[int]], None] = _settled) -> None:
+    """1: a connection opened over the backup keeps working after the preferred uplink returns.
+    `settle(up)` waits until the pinning of uplinks `up` is in place (the daemon's tests)."""
     lab.uplink_up(2)
+    settle({2})
     probe = lab.probe()
     try:
         assert probe.wait_rounds(3, 5.0)
         assert lab.uplink_of(probe.peer) == 2
         lab.uplink_up(1)
+        settle({1, 2})
         assert lab.uplink_of(lab.connect()) == 1, "new connections take the preferred uplink"
         assert_flowing(probe)
         assert lab.uplink_of(probe.peer) == 2
@@ -67,10 +74,11 @@ def story_outbound(lab: Lab) -> None:
         probe.close()
 
 
-def story_inbound(lab: Lab) -> None:
+def story_inbound(lab: Lab, settle: Callable[[set[int]], None] = _settled) -> None:
     """2: connections arriving on the backup (to the router, port-forwarded) answer over it."""
     lab.uplink_up(2)
     lab.uplink_up(1)
+    settle({1, 2})
     assert lab.connect(src="net", dst=lab.address(2), port=7) is not None, "to the router"
     assert lab.connect(src="net", dst=lab.address(2), port=8080) is not None, "port forward"
     probe = lab.probe(src="net", dst=lab.address(2), port=8080)

@@ -20,7 +20,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
-from test_pinning import STALL, assert_flowing
+from test_pinning import STALL, assert_flowing, story_inbound, story_outbound
 
 from connpin.lab import Lab
 from connpin.model import RULE_BAND
@@ -136,35 +136,13 @@ def _no_hooks(lab: Lab) -> None:
     assert not any(lab.hooks_root.rglob("*")), "these tests run without hook scripts"
 
 
-def story_outbound(lab: Lab, daemon: Daemon) -> None:
-    """A connection over the backup keeps working after the preferred uplink returns."""
-    lab.uplink_up(2)
-    wait_pinned(lab, {2}, daemon)
-    probe = lab.probe()
-    try:
-        assert probe.wait_rounds(3, 5.0)
-        assert lab.uplink_of(probe.peer) == 2
-        lab.uplink_up(1)
-        wait_pinned(lab, {1, 2}, daemon)
-        assert lab.uplink_of(lab.connect()) == 1, "new connections take the preferred uplink"
-        assert_flowing(probe)
-        assert lab.uplink_of(probe.peer) == 2
-    finally:
-        probe.close()
+def stories(lab: Lab, daemon: Daemon) -> None:
+    """The core stories 1 and 2, waiting for the daemon instead of hooks."""
+    def settle(up: set[int]) -> None:
+        wait_pinned(lab, up, daemon)
 
-
-def story_inbound(lab: Lab, daemon: Daemon) -> None:
-    """Connections arriving on the backup (to the router, port-forwarded) answer over it."""
-    lab.uplink_up(2)
-    lab.uplink_up(1)
-    wait_pinned(lab, {1, 2}, daemon)
-    assert lab.connect(src="net", dst=lab.address(2), port=7) is not None, "to the router"
-    assert lab.connect(src="net", dst=lab.address(2), port=8080) is not None, "port forward"
-    probe = lab.probe(src="net", dst=lab.address(2), port=8080)
-    try:
-        assert_flowing(probe)
-    finally:
-        probe.close()
+    story_outbound(lab, settle)
+    story_inbound(lab, settle)
 
 
 def test_watch_pins_ppp_uplinks_without_hooks() -> None:
@@ -172,8 +150,7 @@ def test_watch_pins_ppp_uplinks_without_hooks() -> None:
         lab.write_config(lab.default_config(masquerade=True))
         with watching(lab) as daemon:
             _no_hooks(lab)
-            story_outbound(lab, daemon)
-            story_inbound(lab, daemon)
+            stories(lab, daemon)
             lab.uplink_down(1)  # the interface vanishes
             wait_pinned(lab, {2}, daemon)
             assert lab.uplink_of(lab.connect()) == 2
@@ -212,8 +189,7 @@ def test_watch_ethernet_gateway_auto_and_dhcp_renumbering() -> None:
     with Lab(uplinks=("eth", "eth")) as lab:
         lab.write_config(lab.default_config(masquerade=True))
         with watching(lab) as daemon:
-            story_outbound(lab, daemon)
-            story_inbound(lab, daemon)
+            stories(lab, daemon)
             wait_pinned(lab, {1, 2}, daemon, route={1: "via 198.51.100.17 dev wan1"})
             # the DHCP client moves the default route to another gateway; no hook runs
             lab.exec("router", ["ip", "route", "replace", "default", "via", "198.51.100.19",
@@ -231,8 +207,7 @@ def test_watch_mixed_ppp_and_ethernet() -> None:
     with Lab(uplinks=("ppp", "eth")) as lab:
         lab.write_config(lab.default_config(masquerade=True))
         with watching(lab) as daemon:
-            story_outbound(lab, daemon)
-            story_inbound(lab, daemon)
+            stories(lab, daemon)
 
 
 def test_watch_converges_after_event_socket_overflow() -> None:
