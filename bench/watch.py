@@ -41,6 +41,7 @@ from pyroute2 import IPRoute  # noqa: E402
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE  # noqa: E402
 
 from connpin import hooks, model, reconcile, watch  # noqa: E402
+from connpin.const import IFF_UP  # noqa: E402
 from connpin.kernel import netns, state  # noqa: E402
 from connpin.lab import Lab  # noqa: E402
 
@@ -50,7 +51,6 @@ LABELS = {
     "hook": "connpin up (pppd hook script)",
     "shell": "reference ip-up script (sh + ip)",
 }
-IFF_UP = 0x1
 RTM_NEWROUTE, RTM_NEWRULE = 24, 32
 HOOK_ENV = {"PATH": "/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin", "PPP_IFACE": "ppp0"}
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field, replace
 
 from connpin import alloc
 from connpin.alloc import Slot
+from connpin.const import MAIN_TABLE
 from connpin.model import MAX_INTERFACES, RULE_BAND, Config, ConfigError, Uplink
 from connpin.render import iptables, nft
 
-MAIN_TABLE = 254
 AUTO = "auto"
 
 

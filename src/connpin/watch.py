@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from connpin import engine, model
+from connpin.const import IFF_UP, MAIN_TABLE
 
 #: Least time between two converges: events arriving meanwhile are coalesced into the next one.
 GAP = 0.02
@@ -44,8 +45,6 @@ RCVBUF_ENV = "CONNPIN_WATCH_RCVBUF"
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 RTM_NEWADDR, RTM_DELADDR = 20, 21
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
-IFF_UP = 0x1
-MAIN_TABLE = 254
 UNKNOWN = "?"  # an interface index not seen yet
 NFT_KEY = "nft"  # pending key of nf_tables events
 NFPROTO_INET = 1

@@ -8,9 +8,9 @@ import socket
 from pyroute2.iproute import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from connpin.desired import MAIN_TABLE, Link, Route, Rule
+from connpin.const import IFF_UP, MAIN_TABLE
+from connpin.desired import Link, Route, Rule
 
-IFF_UP = 0x1
 RTEXT_FILTER_SKIP_STATS = 1 << 3  # link dumps without counters: a third cheaper to decode
 _ACTIONS = {1: "lookup", 2: "goto", 3: "nop", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
 _ACTION_IDS = {v: k for k, v in _ACTIONS.items()}

@@ -50,6 +50,7 @@ from pyroute2 import IPRoute
 from pyroute2 import config as pconfig
 from pyroute2 import netns as pnetns
 
+from connpin.const import IFF_UP
 from connpin.kernel import netns
 from connpin.lab.echo import EchoServers, EventHook, Probe, connect_once, open_connection
 
@@ -64,7 +65,6 @@ MAX_UPLINKS = 15  # eth customer subnets are 198.51.100.(16k)/28
 pconfig.default_communicate_timeout = 30
 pconfig.default_create_socket_timeout = 30
 
-IFF_UP = 0x1
 IFF_NOARP = 0x80
 RTPROT_BOOT = 3  # pppd's defaultroute (ioctl SIOCADDRT) shows up as proto boot
 RTPROT_DHCP = 16  # what NetworkManager uses for DHCP routes

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from connpin.const import NEVER_PINNED6
+
 if TYPE_CHECKING:
     from connpin.desired import UplinkState
     from connpin.model import Config
@@ -27,7 +29,6 @@ SECTION = {4: "# iptables-restore --noflush\n", 6: "# ip6tables-restore --noflus
 TABLES = ("mangle", "nat")
 #: ICMPv6 neighbour discovery, router solicitation/advertisement, redirect: never pinned.
 ND_TYPES = (133, 134, 135, 136, 137)
-NEVER_PINNED6 = ("fe80::/10", "ff00::/8")
 
 
 def _hex(v: int) -> str:

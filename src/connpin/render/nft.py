@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from connpin.const import NEVER_PINNED6
+
 if TYPE_CHECKING:
     from connpin.desired import UplinkState
     from connpin.model import Config
@@ -19,7 +21,6 @@ HEADER = "# connpin ruleset: generated, replaced as a whole on every apply; do n
 
 #: Never pinned nor re-routed: link-local and multicast (IPv6), and neighbour discovery, router
 #: solicitations/advertisements and redirects (ICMPv6 133-137).
-NEVER_PINNED6 = ("fe80::/10", "ff00::/8")
 ND_TYPES = ("nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit",
             "nd-neighbor-advert", "nd-redirect")
 _SKIP6 = (
