@@ -61,10 +61,14 @@ LABELS = {
 
 
 # -- command line, statistics, output ---------------------------------------------------------
-def parse_args(description: str) -> argparse.Namespace:
+def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None
+               ) -> argparse.Namespace:
+    """--quick and --out (plus what `extra` adds); exits unless root; makes the out directory."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    if extra is not None:
+        extra(p)
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
@@ -432,6 +436,63 @@ while True:
     c, _ = s.accept()
     c.close()
 """
+
+
+# -- set-ups compared at several numbers of uplinks ---------------------------------------------
+#: (metric, set-up, uplinks) -> the measured values, one per repetition
+Data = dict[tuple[str, str, int], list[float]]
+
+
+def sweep(args: argparse.Namespace, start: Callable[[Bench], None],
+          measure: Callable[[Bench], dict[str, float]],
+          offset: int = 0) -> tuple[Data, Sequence[int], int]:
+    """Every set-up at each number of uplinks (2 and 64 with --quick), `reps` times, interleaved
+    with a rotating order (`offset` shifts it); `start` runs once in the lab first, `measure`
+    returns {metric: value} for the set-up in place. Returns (data, sizes, reps)."""
+    reps = 1 if args.quick else 3
+    sizes = (2, 64) if args.quick else UPLINKS
+    data: Data = {}
+    with Bench(max_uplinks=max(sizes)) as b:
+        start(b)
+        for rep in range(reps):
+            for n in sizes:
+                for setup in rotate(SETUPS, rep + n + offset):
+                    with section(f"rep {rep + 1}/{reps}: {n} uplinks, {setup}"):
+                        b.install(setup, n)
+                        for metric, value in measure(b).items():
+                            data.setdefault((metric, setup, n), []).append(value)
+        b.remove()
+    return data, sizes, reps
+
+
+def ratio_report(out: Path, name: str, data: Data, sizes: Sequence[int],
+                 metrics: dict[str, tuple[str, str, bool]], intro: str,
+                 shown: Callable[[float, str], str] | None = None) -> None:
+    """Per metric (title, unit, higher is better): a table and a plot of each set-up relative to
+    routing + masquerade at the same number of uplinks; then NAME.csv and NAME.md."""
+    shown = shown or (lambda med, unit: f"{med:.1f} {unit}")
+    rows, md = [], [intro]
+    for metric, (title, unit, better) in metrics.items():
+        trows, series = [], {}
+        for n in sizes:
+            base = summary(data[(metric, "base", n)])[0]
+            for setup in SETUPS:
+                vals = data[(metric, setup, n)]
+                med, lo, hi = summary(vals)
+                ratio = med / base if better else base / med
+                lo_r, hi_r = (lo / base, hi / base) if better else (base / hi, base / lo)
+                rows.append([metric, setup, n, len(vals), f"{med:.4g}", f"{lo:.4g}",
+                             f"{hi:.4g}", f"{ratio:.3f}"])
+                trows.append([n, LABELS[setup], shown(med, unit), spread(vals), f"{ratio:.2f}"])
+                if setup != "base":
+                    series.setdefault(LABELS[setup], []).append((n, ratio, lo_r, hi_r))
+        text = table(["uplinks", "set-up", title, "spread", "ratio to base"], trows)
+        print(f"\n{title}\n{text}")
+        md.append(f"### {title}\n\n{text}\n![{metric}]({name}_{metric}.png)\n")
+        plot(out, f"{name}_{metric}", title, "ratio to routing + masquerade", series)
+    write_csv(out, name, ["metric", "setup", "uplinks", "reps", "median", "min", "max",
+                          "ratio_to_base"], rows)
+    write_md(out, name, "\n".join(md))
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import os
 import platform
 import secrets
@@ -27,7 +26,9 @@ import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import _common as C
 from connpin.kernel import conntrack as ct
 from connpin.kernel import netns
 
@@ -172,16 +173,10 @@ def tool_flush(ns: str, mark: int) -> int:
     return p.stdout.count("\n")
 
 
-def kernel_flush(mark: int | None, mask: int | None = MASK) -> int:
-    """One request, the kernel deletes by mark itself (no count of what went)."""
-    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTSocket
-
-    s = NFCTSocket(nfgen_family=socket.AF_UNSPEC)
-    try:
-        s.flush(mark=mark, mark_mask=mask)
-    finally:
-        s.close()
-    return -1
+def kernel_flush(mark: int, mask: int = MASK) -> None:
+    """One request, the kernel deletes by mark itself (no count of what went); mask 0: all."""
+    with ct.Conntrack() as c:
+        c.flush(mark, mask)
 
 
 def run_size(ns: str, n: int, reps: int, rows: list[dict]) -> None:
@@ -256,17 +251,15 @@ def run_size(ns: str, n: int, reps: int, rows: list[dict]) -> None:
               f"max {max(times) * 1000:.1f})  {r}", flush=True)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="100k only, 2 repetitions")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+def options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--raise-conntrack-max", action="store_true",
                     help="raise the host's nf_conntrack_max for the run (restored afterwards)")
     ap.add_argument("--sizes", default=None, help="comma-separated entry counts")
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("bench/conntrack.py needs root (network namespaces)", file=sys.stderr)
-        return 4
+
+
+def main() -> int:
+    args = C.parse_args(__doc__.split("\n\n")[0] + " (--quick: 100k only, 2 repetitions)",
+                        options)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else (
         [100_000] if args.quick else [100_000, 1_000_000])
     reps = 2 if args.quick else 5
@@ -293,7 +286,7 @@ def main() -> int:
                       "(rerun with --raise-conntrack-max)", flush=True)
                 continue
             run_size(ns, n, reps, rows)
-            kernel_flush(None, None)  # empty the table between sizes
+            kernel_flush(0, 0)  # empty the table between sizes
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
         if host_max:
@@ -304,12 +297,9 @@ def main() -> int:
     return 0
 
 
-def write(out: str, rows: list[dict], skipped: list[int]) -> None:
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "conntrack.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["entries"])
-        w.writeheader()
-        w.writerows(rows)
+def write(out: Path, rows: list[dict], skipped: list[int]) -> None:
+    fields = list(rows[0]) if rows else ["entries"]
+    C.write_csv(out, "conntrack", fields, ([r[k] for k in fields] for r in rows))
     lines = ["## Conntrack: count and flush one uplink's connections", "",
              f"{platform.node()}: {os.cpu_count()} CPUs, kernel {platform.release()}; "
              "4 uplinks' marks + unmarked entries (1 in 5 each), a foreign mark bit on every "
@@ -324,8 +314,7 @@ def write(out: str, rows: list[dict], skipped: list[int]) -> None:
     for n in skipped:
         lines.append(f"\n{n:,} entries skipped: the host's nf_conntrack_max is lower "
                      "(rerun with --raise-conntrack-max).")
-    with open(os.path.join(out, "conntrack.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    C.write_md(out, "conntrack", "\n".join(lines))
 
 
 if __name__ == "__main__":

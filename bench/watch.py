@@ -18,9 +18,7 @@ Then where the hook path's time goes: shell start, interpreter start, imports, t
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import csv
 import fcntl
 import os
 import platform
@@ -34,16 +32,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "src"))  # this checkout's connpin, also without install
+from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE
 
-from pyroute2 import IPRoute  # noqa: E402
-from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE  # noqa: E402
-
-from connpin import hooks, model, reconcile, watch  # noqa: E402
-from connpin.const import IFF_UP  # noqa: E402
-from connpin.kernel import netns, state  # noqa: E402
-from connpin.lab import Lab  # noqa: E402
+import _common as C  # before connpin: puts this checkout's src/ on sys.path
+from connpin import hooks, model, reconcile, watch
+from connpin.const import IFF_UP
+from connpin.kernel import netns, state
+from connpin.lab import Lab
+from connpin.lab.commands import HOOK_PATH
 
 PATHS = ("daemon", "hook", "shell")
 LABELS = {
@@ -52,7 +49,7 @@ LABELS = {
     "shell": "reference ip-up script (sh + ip)",
 }
 RTM_NEWROUTE, RTM_NEWRULE = 24, 32
-HOOK_ENV = {"PATH": "/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin", "PPP_IFACE": "ppp0"}
+HOOK_ENV = {"PATH": HOOK_PATH, "PPP_IFACE": "ppp0"}
 
 REFERENCE = """#!/bin/sh
 # The reference recipe's ip-up, with connpin's table, mark and rule priority for this uplink.
@@ -307,16 +304,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
-    ap.add_argument("--out", default=str(HERE / "results"), help="directory for csv and md")
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("bench/watch.py builds network namespaces: run it as root", file=sys.stderr)
-        return 4
+    args = C.parse_args(__doc__.split("\n\n")[0])
     reps = 8 if args.quick else 40
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, int, float | None, float | None]] = []
     with Lab(uplinks=("ppp", "ppp")) as lab:
         lab.write_config(lab.default_config(masquerade=True))
@@ -335,7 +324,7 @@ def main() -> int:
             stages, heavy = breakdown(lab, max(3, reps // 4))
         finally:
             bench.close()
-    return report(rows, stages, heavy, reps, out)
+    return report(rows, stages, heavy, reps, args.out)
 
 
 def report(rows, stages, heavy, reps: int, out: Path) -> int:
@@ -363,12 +352,9 @@ def report(rows, stages, heavy, reps: int, out: Path) -> int:
           f"{reps} runs each, interleaved ({machine})\n{text}\n")
     print(f"where the hook path's time goes (medians):\n{where}\n")
     print(f"heaviest imports of `connpin up` (cumulative, -X importtime):\n{imp}")
-    with open(out / "watch.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "run", "event_to_pinned_ms", "process_exit_ms"])
-        for path, i, lat, done in rows:
-            w.writerow([path, i, "" if lat is None else f"{lat:.3f}",
-                        "" if done is None else f"{done:.3f}"])
+    C.write_csv(out, "watch", ["path", "run", "event_to_pinned_ms", "process_exit_ms"],
+                ([path, i, "" if lat is None else f"{lat:.3f}",
+                  "" if done is None else f"{done:.3f}"] for path, i, lat, done in rows))
     md = ["## connpin watch: from the kernel event to the pinning in place", "",
           f"{reps} runs per path, interleaved in one run; {machine}. The event is the uplink "
           "interface going up (IFF_UP) with its address; \"in place\" is when a netlink monitor "
@@ -381,7 +367,7 @@ def report(rows, stages, heavy, reps: int, out: Path) -> int:
     md += ["", "Heaviest top-level imports of `connpin up` (`python -X importtime`, cumulative):",
            "", "| module | ms |", "|---|---|"]
     md += [f"| {k} | {v:.1f} |" for k, v in heavy]
-    (out / "watch.md").write_text("\n".join(md) + "\n")
+    C.write_md(out, "watch", "\n".join(md))
     missed = sum(s[2] for s in summary)
     if missed:
         print(f"\n{missed} runs never saw the pinning within 10 s", file=sys.stderr)

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from connpin.kernel import netns
-from connpin.lab import HookError, Lab, down_all, read_state
-from connpin.lab import core as labcore
+from connpin.lab import HookError, Lab, cleanup, down_all, read_state
 from connpin.lab.echo import connect_once
 
 pytestmark = [
@@ -103,7 +102,7 @@ def test_setup_failing_halfway_is_removed(monkeypatch: pytest.MonkeyPatch) -> No
         pytest.fail(f"unreachable {lab}")
     assert made
     assert_gone(made[0])
-    assert made[0] not in labcore._live
+    assert not cleanup.is_registered(made[0])
 
 
 def test_hooks_run_like_pppd_and_networkmanager() -> None:

@@ -8,7 +8,9 @@ import shutil
 import subprocess
 import sys
 
-from connpin.lab.core import Lab, LabError, _ip_binary, down_all, list_labs, read_state
+from connpin.lab.cleanup import down_all, list_labs, read_state
+from connpin.lab.commands import LabError, _ip_binary
+from connpin.lab.core import Lab
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_ROOT = 0, 1, 2, 4  # as connpin's own CLI
 

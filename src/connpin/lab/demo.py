@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TextIO
 
-from connpin.lab.core import Lab, LabError
+from connpin.lab.commands import LabError
+from connpin.lab.core import Lab
 from connpin.lab.echo import Probe
 
 PREFERRED, BACKUP = 1, 2

@@ -152,7 +152,7 @@ class EchoServers:
 
 
 def open_connection(ns: str | None, dst: str, port: int, timeout: float, *,
-                    source: str | None = None, device: str | None = None) -> socket.socket:
+                    device: str | None = None) -> socket.socket:
     """A connected TCP socket from namespace `ns` (raises OSError/TimeoutError); IPv6 when
     `dst` is an IPv6 address."""
     s = netns.socket_in(ns, socket.AF_INET6 if ":" in dst else socket.AF_INET)
@@ -160,8 +160,6 @@ def open_connection(ns: str | None, dst: str, port: int, timeout: float, *,
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if device:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
-        if source:
-            s.bind((source, 0))
         s.settimeout(timeout)
         s.connect((dst, port))
     except BaseException:
@@ -191,11 +189,11 @@ def _read_line(sock: socket.socket, buf: bytearray, deadline: float,
 
 
 def connect_once(ns: str | None, dst: str, port: int, timeout: float = 2.0, *,
-                 source: str | None = None, device: str | None = None) -> str | None:
+                 device: str | None = None) -> str | None:
     """One short echo conversation; the peer address the server saw, or None on any failure."""
     deadline = time.monotonic() + timeout
     try:
-        with open_connection(ns, dst, port, timeout, source=source, device=device) as s:
+        with open_connection(ns, dst, port, timeout, device=device) as s:
             s.sendall(b"hello\n")
             line = _read_line(s, bytearray(), deadline)
     except (OSError, EOFError):
@@ -207,6 +205,8 @@ def connect_once(ns: str | None, dst: str, port: int, timeout: float = 2.0, *,
 
 
 EventHook = Callable[[str, "Probe"], None]
+#: A probe without a reply for this long is stalled.
+STALL_AFTER = 1.0
 
 
 class Probe:
@@ -220,10 +220,10 @@ class Probe:
     """
 
     def __init__(self, sock: socket.socket, *, name: str = "probe", interval: float = 0.2,
-                 on_event: EventHook | None = None, stall_after: float = 1.0):
+                 on_event: EventHook | None = None):
         self.name = name
         self.interval = interval
-        self.stall_after = stall_after
+        self.stall_after = STALL_AFTER
         self.on_event = on_event
         self.rounds = 0
         self.peer: str | None = None
@@ -250,11 +250,6 @@ class Probe:
     def alive(self) -> bool:
         """The thread still holds an open connection (no error, not closed)."""
         return self._thread.is_alive() and self.error is None
-
-    @property
-    def last_round(self) -> float | None:
-        """time.monotonic() of the last completed round trip."""
-        return self._last_round
 
     def healthy(self, window: float = 1.0) -> bool:
         """A round trip completed within the last `window` seconds."""
