@@ -13,12 +13,9 @@ import sys
 from typing import Any
 
 from connpin import model
+from connpin.errors import Usage
 
 EXIT_FAIL, EXIT_CONFIG, EXIT_DRIFT, EXIT_ROOT = 1, 2, 3, 4
-
-
-class Usage(Exception):
-    """Bad command-line input (exit 2)."""
 
 
 def _parser() -> argparse.ArgumentParser:

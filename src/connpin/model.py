@@ -9,10 +9,13 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+from connpin import alloc
 
 DEFAULT_CONFIG = "/etc/connpin/connpin.toml"
 
@@ -107,7 +110,13 @@ class Pinning:
 
     @property
     def rule_range(self) -> range:
+        """The ip rule priorities connpin owns."""
         return range(self.rule_priority, self.rule_priority + RULE_BAND)
+
+    @property
+    def table_range(self) -> range:
+        """The routing table ids connpin owns (one per mark value)."""
+        return alloc.table_range(self.mark_mask, self.table_base)
 
 
 @dataclass(frozen=True)
@@ -316,9 +325,29 @@ def _nptv6(path: str, fld: str, raw: Any) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(out))
 
 
-def _check_whole(config: Config) -> None:
-    from connpin import alloc  # pure; imported here to keep the module graph one-way
+def exact_marks(config: Config) -> dict[str, alloc.Slot]:
+    """Slots of the uplinks with an exact interface name, keyed by uplink name; a collision
+    is a ConfigError naming the later uplink's mark."""
+    pin = config.pinning
+    try:
+        return alloc.exact_marks(((u.name, u.mark) for u in config.uplinks if not u.is_pattern),
+                                 pin.mark_mask, pin.table_base)
+    except alloc.Collision as e:
+        i = next(i for i, u in enumerate(config.uplinks) if u.name == e.second)
+        raise ConfigError(config.path, f"uplink[{i}] ({e.second}).mark", str(e)) from None
 
+
+def pattern_marks(config: Config, uplink: Uplink, ifaces: Iterable[str],
+                  taken: set[int]) -> dict[str, alloc.Slot]:
+    """Slots for the present interfaces of a pattern uplink (see alloc.pattern_marks)."""
+    pin = config.pinning
+    try:
+        return alloc.pattern_marks(uplink.name, ifaces, taken, pin.mark_mask, pin.table_base)
+    except alloc.Exhausted as e:
+        raise ConfigError(config.path, "pinning.mark_mask", str(e)) from None
+
+
+def _check_whole(config: Config) -> None:
     path, pin = config.path, config.pinning
     seen: dict[str, str] = {}
     for i, u in enumerate(config.uplinks):
@@ -365,7 +394,7 @@ def _check_whole(config: Config) -> None:
             path, "pinning.mark_mask",
             f"{pin.mark_mask:#010x} leaves no marks for the interfaces of pattern uplinks",
         )
-    tables = range(pin.table_base, pin.table_base + capacity)
+    tables = pin.table_range
     bad = sorted(t for t in RESERVED_TABLES if t in tables)
     if bad or tables.stop - 1 > 0xFFFFFFFF:
         raise ConfigError(
@@ -381,4 +410,4 @@ def _check_whole(config: Config) -> None:
             f"rule priorities {prios.start}..{prios.stop - 1} overlap the kernel's default rules "
             "(main is 32766; choose e.g. rule_priority = 10000)",
         )
-    alloc.exact_marks(config)  # raises ConfigError on collisions
+    exact_marks(config)  # raises ConfigError on collisions
