@@ -148,9 +148,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from connpin import reconcile
         from connpin.kernel import nft as nftool  # only looks for the tool on PATH
 
-        auto = nftool.auto_backend(config.pinning.backend)
-        return _plan(config, reconcile.run(config, reconcile.Imagined(auto), effects=False),
-                     args)
+        imagined = reconcile.Imagined(nft=nftool.available())
+        return _plan(config, reconcile.run(config, imagined, effects=False), args)
     _need_root(args.command)
     if args.netns:
         from connpin.kernel import netns

@@ -13,9 +13,7 @@ from connpin.alloc import Slot
 from connpin.const import MAIN_TABLE
 from connpin.model import MAX_INTERFACES, RULE_BAND, Config, ConfigError, Uplink
 from connpin.render import iptables, nft
-from connpin.values import Link, Observed, Route, Rule, UplinkState
-
-__all__ = ["Link", "Observed", "Route", "Rule", "UplinkState"]  # re-exported: the core's values
+from connpin.values import Link, Observed, Route, Rule, UplinkState  # noqa: F401 (re-exported)
 
 AUTO = "auto"
 
@@ -221,9 +219,11 @@ def compute(config: Config, observed: Observed,
 
 
 def backend(config: Config, observed: Observed) -> str:
-    """nftables or iptables: pinning.backend, with "auto" decided by the machine."""
+    """nftables or iptables: pinning.backend; "auto" is iptables where the nft tool is missing."""
     b = config.pinning.backend
-    return observed.backend if b == "auto" else b
+    if b != AUTO:
+        return b
+    return "nftables" if observed.nft else "iptables"
 
 
 def sort_key(obj: Rule | Route) -> tuple:

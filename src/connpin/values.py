@@ -1,5 +1,6 @@
-"""The values the core passes around: what the kernel shows (Link, Observed), connpin's ip rules
-and routes (Rule, Route) and one uplink interface's wanted state (UplinkState). Pure.
+"""The values the core passes around: what the kernel shows (Link, Observed, Recorded),
+connpin's ip rules and routes (Rule, Route) and one uplink interface's wanted state
+(UplinkState). Pure.
 
 A leaf of the core: `desired` computes these and the renderers (render/nft, render/iptables)
 read them, so neither imports the other's module to name them.
@@ -34,10 +35,23 @@ class Observed:
     # iface -> gateway of its best IPv6 default route in main (None: a `dev` route)
     gateways6: dict[str, str | None] = field(default_factory=dict)
     ipv6: bool = True  # the kernel has IPv6 (rules of family inet6 can exist)
-    backend: str = "nftables"  # what pinning.backend = "auto" means on this machine
+    nft: bool = True  # the nft tool can be run (pinning.backend = "auto" needs to know)
     # prefixes where connections start on this side (local addresses, main's non-uplink routes):
     # tells outbound pinned connections from those that arrived on an uplink
     inside: tuple[str, ...] = ()
+    # the slice connpin recorded at its last committed apply (None: nothing recorded)
+    recorded: Recorded | None = None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The slice connpin installed into at its last committed apply, as it recorded it: a
+    change of pinning.* since leaves objects there that are still connpin's own."""
+
+    rules: range | None = None  # rule priorities
+    tables: range | None = None  # routing table ids
+    nft_table: str | None = None
+    backend: str = "nftables"  # where the ruleset was loaded: nftables | iptables
 
 
 @dataclass(frozen=True)
