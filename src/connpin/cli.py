@@ -171,12 +171,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     return _change(config, args)
 
 
-def _machine() -> Any:
-    from connpin.kernel.machine import Kernel
-
-    return Kernel()
-
-
 def _watch(config: model.Config, args: argparse.Namespace) -> int:
     from connpin import watch
 
@@ -188,13 +182,11 @@ def _change(config: model.Config, args: argparse.Namespace) -> int:
     from connpin import engine
 
     cmd = args.command
+    if cmd == "plan":
+        return _plan(config, engine.observe(config), args)
     going_down = frozenset({args.iface}) if cmd == "down" else frozenset()
-    effects = cmd != "plan"
-    out = engine.converge(config, going_down=going_down, remove=cmd == "remove",
-                          effects=effects)
+    out = engine.converge(config, going_down=going_down, remove=cmd == "remove")
     result, left, ms = out.result, out.left, out.ms
-    if not effects:
-        return _plan(config, result, args)
     for note in out.notes:
         print(f"connpin {cmd}: {note}")
     if out.notes and engine.pending():
@@ -267,15 +259,10 @@ def _plan(config: model.Config, result: Any, args: argparse.Namespace) -> int:
 
 
 def _status(config: model.Config, args: argparse.Namespace) -> int:
-    from connpin import reconcile
+    from connpin import engine, pins
     from connpin.render import status as render_status
 
-    kernel = _machine()
-    try:
-        result = reconcile.run(config, kernel, effects=False)
-    finally:
-        kernel.close()
-    from connpin import pins
+    result = engine.observe(config)
 
     pinned = {c.interface: (c.connections, c.bytes)
               for c in pins.counts(config, result.desired.uplinks)}

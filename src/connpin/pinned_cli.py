@@ -16,14 +16,9 @@ from connpin.values import UplinkState
 
 def _uplinks(config: Config) -> tuple[list[UplinkState], object]:
     """Every uplink interface connpin knows of (up or not), from one observation."""
-    from connpin import reconcile
-    from connpin.kernel.machine import Kernel
+    from connpin import engine
 
-    kernel = Kernel()
-    try:
-        result = reconcile.run(config, kernel, effects=False)
-    finally:
-        kernel.close()
+    result = engine.observe(config)
     return list(result.desired.uplinks), result.observed
 
 
