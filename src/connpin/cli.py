@@ -18,6 +18,21 @@ from connpin.errors import Usage
 EXIT_FAIL, EXIT_CONFIG, EXIT_DRIFT, EXIT_ROOT = 1, 2, 3, 4
 
 
+class _Version(argparse.Action):
+    """--version: the installed version, looked up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        import connpin
+
+        sys.stdout.write(f"connpin {connpin.version()}\n")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="connpin",
@@ -26,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", help="config file (default: $CONNPIN_CONFIG or "
                    f"{model.DEFAULT_CONFIG})")
     p.add_argument("--netns", metavar="NAME", help="run inside network namespace NAME")
-    p.add_argument("-V", "--version", action="version", version="connpin 0.1.0")
+    p.add_argument("-V", "--version", action=_Version, help="show the version and exit")
     # -c/--netns also work after the command (`connpin plan -c FILE`)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
