@@ -111,45 +111,46 @@ class Ruleset:
         return f"nft {what} inet {self.table} (one transaction)"
 
 
+class _IpStep:
+    """A rule or route change through netlink; str() is the iproute2 command."""
+
+    what: str  # rule | route
+    verb: str  # add | del | replace
+
+    def __str__(self) -> str:
+        obj = getattr(self, self.what)
+        return f"{obj.ip} {self.what} {self.verb} {obj}"
+
+
 @dataclass(frozen=True)
-class RuleAdd:
+class RuleAdd(_IpStep):
     rule: D.Rule
-
-    def __str__(self) -> str:
-        return f"{self.rule.ip} rule add {self.rule}"
+    what, verb = "rule", "add"
 
 
 @dataclass(frozen=True)
-class RuleDel:
+class RuleDel(_IpStep):
     rule: D.Rule
-
-    def __str__(self) -> str:
-        return f"{self.rule.ip} rule del {self.rule}"
+    what, verb = "rule", "del"
 
 
 @dataclass(frozen=True)
-class RouteAdd:
+class RouteAdd(_IpStep):
     route: D.Route
-
-    def __str__(self) -> str:
-        return f"{self.route.ip} route add {self.route}"
+    what, verb = "route", "add"
 
 
 @dataclass(frozen=True)
-class RouteDel:
+class RouteDel(_IpStep):
     route: D.Route
-
-    def __str__(self) -> str:
-        return f"{self.route.ip} route del {self.route}"
+    what, verb = "route", "del"
 
 
 @dataclass(frozen=True)
-class RouteReplace:
+class RouteReplace(_IpStep):
     route: D.Route
     prev: D.Route  # the route of the same table and family it replaces
-
-    def __str__(self) -> str:
-        return f"{self.route.ip} route replace {self.route}"
+    what, verb = "route", "replace"
 
 
 Step = SysctlSet | Ruleset | RuleAdd | RuleDel | RouteAdd | RouteDel | RouteReplace
