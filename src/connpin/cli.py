@@ -13,12 +13,24 @@ import sys
 from typing import Any
 
 from connpin import model
+from connpin.errors import Usage
 
 EXIT_FAIL, EXIT_CONFIG, EXIT_DRIFT, EXIT_ROOT = 1, 2, 3, 4
 
 
-class Usage(Exception):
-    """Bad command-line input (exit 2)."""
+class _Version(argparse.Action):
+    """--version: the installed version, looked up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        import connpin
+
+        sys.stdout.write(f"connpin {connpin.version()}\n")
+        parser.exit()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", help="config file (default: $CONNPIN_CONFIG or "
                    f"{model.DEFAULT_CONFIG})")
     p.add_argument("--netns", metavar="NAME", help="run inside network namespace NAME")
-    p.add_argument("-V", "--version", action="version", version="connpin 0.1.0")
+    p.add_argument("-V", "--version", action=_Version, help="show the version and exit")
     # -c/--netns also work after the command (`connpin plan -c FILE`)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -151,9 +163,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from connpin import reconcile
         from connpin.kernel import nft as nftool  # only looks for the tool on PATH
 
-        auto = nftool.auto_backend(config.pinning.backend)
-        return _plan(config, reconcile.run(config, reconcile.Imagined(auto), effects=False),
-                     args)
+        imagined = reconcile.Imagined(nft=nftool.available())
+        return _plan(config, reconcile.run(config, imagined, effects=False), args)
     _need_root(args.command)
     if args.netns:
         from connpin.kernel import netns
@@ -175,12 +186,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     return _change(config, args)
 
 
-def _machine() -> Any:
-    from connpin.kernel.machine import Kernel
-
-    return Kernel()
-
-
 def _watch(config: model.Config, args: argparse.Namespace) -> int:
     from connpin import watch
 
@@ -192,13 +197,11 @@ def _change(config: model.Config, args: argparse.Namespace) -> int:
     from connpin import engine
 
     cmd = args.command
+    if cmd == "plan":
+        return _plan(config, engine.observe(config), args)
     going_down = frozenset({args.iface}) if cmd == "down" else frozenset()
-    effects = cmd != "plan"
-    out = engine.converge(config, going_down=going_down, remove=cmd == "remove",
-                          effects=effects)
+    out = engine.converge(config, going_down=going_down, remove=cmd == "remove")
     result, left, ms = out.result, out.left, out.ms
-    if not effects:
-        return _plan(config, result, args)
     for note in out.notes:
         print(f"connpin {cmd}: {note}")
     if out.notes and engine.pending():
@@ -271,15 +274,10 @@ def _plan(config: model.Config, result: Any, args: argparse.Namespace) -> int:
 
 
 def _status(config: model.Config, args: argparse.Namespace) -> int:
-    from connpin import reconcile
+    from connpin import engine, pins
     from connpin.render import status as render_status
 
-    kernel = _machine()
-    try:
-        result = reconcile.run(config, kernel, effects=False)
-    finally:
-        kernel.close()
-    from connpin import pins
+    result = engine.observe(config)
 
     pinned = {c.interface: (c.connections, c.bytes)
               for c in pins.counts(config, result.desired.uplinks)}

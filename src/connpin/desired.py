@@ -6,125 +6,16 @@ Pure. The observation is passed in (`Observed`), so `plan` can feed an imagined 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
-from connpin import alloc
+from connpin import alloc, model
 from connpin.alloc import Slot
 from connpin.const import MAIN_TABLE
 from connpin.model import MAX_INTERFACES, RULE_BAND, Config, ConfigError, Uplink
 from connpin.render import iptables, nft
+from connpin.values import Link, Observed, Route, Rule, UplinkState  # noqa: F401 (re-exported)
 
 AUTO = "auto"
-
-
-@dataclass(frozen=True)
-class Link:
-    """An interface as the kernel shows it (only what the decisions need)."""
-
-    name: str
-    index: int
-    up: bool
-    addresses: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Observed:
-    """What the kernel shows that the desired state depends on."""
-
-    links: dict[str, Link] = field(default_factory=dict)
-    gateways: dict[str, str] = field(default_factory=dict)  # iface -> main default gateway
-    sysctls: dict[str, int] = field(default_factory=dict)  # "conf/<iface>/<key>" -> value
-    imagined: bool = False  # True for `plan`: every exact uplink is assumed up
-    # iface -> gateway of its best IPv6 default route in main (None: a `dev` route)
-    gateways6: dict[str, str | None] = field(default_factory=dict)
-    ipv6: bool = True  # the kernel has IPv6 (rules of family inet6 can exist)
-    backend: str = "nftables"  # what pinning.backend = "auto" means on this machine
-    # prefixes where connections start on this side (local addresses, main's non-uplink routes):
-    # tells outbound pinned connections from those that arrived on an uplink
-    inside: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One ip rule in connpin's band; str() is the iproute2 spelling."""
-
-    priority: int
-    action: str  # lookup | goto | unreachable | nop
-    table: int = 0
-    fwmark: int | None = None
-    fwmask: int | None = None
-    goto: int | None = None
-    suppress_prefixlength: int | None = None
-    family: int = 4  # 4 or 6: `ip rule` or `ip -6 rule`
-
-    @property
-    def ip(self) -> str:
-        """The iproute2 command prefix of this family."""
-        return "ip -6" if self.family == 6 else "ip"
-
-    def key(self) -> tuple:
-        """Sort key (IPv4 first, then kernel order); unset fields sort first, never compared
-        with None."""
-        u = -1  # unset
-        return (self.family, self.priority, self.action, self.table,
-                u if self.fwmark is None else self.fwmark,
-                u if self.fwmask is None else self.fwmask,
-                u if self.goto is None else self.goto,
-                u if self.suppress_prefixlength is None else self.suppress_prefixlength)
-
-    def __str__(self) -> str:
-        s = f"priority {self.priority}"
-        if self.fwmark is not None:
-            s += f" fwmark {self.fwmark:#x}/{self.fwmask:#x}"
-        if self.action == "lookup":
-            s += f" lookup {'main' if self.table == MAIN_TABLE else self.table}"
-            if self.suppress_prefixlength is not None:
-                s += f" suppress_prefixlength {self.suppress_prefixlength}"
-        elif self.action == "goto":
-            s += f" goto {self.goto}"
-        else:
-            s += f" {self.action}"
-        return s
-
-
-@dataclass(frozen=True)
-class Route:
-    """A route in one of connpin's tables (default, or drift); str() is the iproute2 spelling."""
-
-    table: int
-    oif: str
-    gateway: str | None = None  # None: point-to-point (`default dev`)
-    dst: str = "default"  # only drift found in connpin's tables is ever anything else
-    family: int = 4  # 4 or 6
-
-    @property
-    def ip(self) -> str:
-        return "ip -6" if self.family == 6 else "ip"
-
-    def key(self) -> tuple:
-        return (self.family, self.table, self.dst, self.oif, self.gateway or "")
-
-    def __str__(self) -> str:
-        via = f"via {self.gateway} " if self.gateway else ""
-        return f"{self.dst} {via}dev {self.oif} table {self.table}"
-
-
-@dataclass(frozen=True)
-class UplinkState:
-    """One uplink interface and what connpin wants for it."""
-
-    uplink: str
-    interface: str
-    slot: Slot
-    up: bool
-    reason: str  # why it is up or down, for status and plan
-    route: Route | None
-    masquerade: bool
-    up6: bool = False  # IPv6: independent of IPv4 (an uplink without IPv6 is IPv4-only)
-    reason6: str = ""
-    route6: Route | None = None
-    nptv6: tuple[tuple[str, str], ...] = ()
-    masquerade6: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,9 +35,7 @@ class Desired:
 
 def owned(config: Config) -> tuple[range, range]:
     """connpin's rule priorities and table ids."""
-    pin = config.pinning
-    cap = alloc.capacity(pin.mark_mask)
-    return pin.rule_range, range(pin.table_base, pin.table_base + cap)
+    return config.pinning.rule_range, config.pinning.table_range
 
 
 def base_rules(config: Config, family: int = 4) -> tuple[Rule, ...]:
@@ -210,13 +99,13 @@ def tree_rules(config: Config, known: list[Slot], up: set[int], family: int = 4)
 
 def slots(config: Config, observed: Observed) -> list[tuple[Uplink, str, Slot]]:
     """Every uplink interface connpin knows of: exact ones always, pattern ones when present."""
-    exact = alloc.exact_marks(config)
+    exact = model.exact_marks(config)
     out = [(u, u.interface, exact[u.name]) for u in config.uplinks if not u.is_pattern]
     taken = {s.index for s in exact.values()}
     for u in config.uplinks:
         if u.is_pattern:
             present = [n for n in observed.links if config.match(n) is u]
-            for ifname, s in alloc.pattern_marks(config, u, present, taken).items():
+            for ifname, s in model.pattern_marks(config, u, present, taken).items():
                 out.append((u, ifname, s))
     if len(out) > MAX_INTERFACES:
         raise ConfigError(config.path, "uplink", f"{len(out)} uplink interfaces; connpin's rule "
@@ -330,9 +219,11 @@ def compute(config: Config, observed: Observed,
 
 
 def backend(config: Config, observed: Observed) -> str:
-    """nftables or iptables: pinning.backend, with "auto" decided by the machine."""
+    """nftables or iptables: pinning.backend; "auto" is iptables where the nft tool is missing."""
     b = config.pinning.backend
-    return observed.backend if b == "auto" else b
+    if b != AUTO:
+        return b
+    return "nftables" if observed.nft else "iptables"
 
 
 def sort_key(obj: Rule | Route) -> tuple:

@@ -24,7 +24,7 @@ class Outcome:
 
 
 def converge(config: Config, *, going_down: frozenset[str] = frozenset(),
-             remove: bool = False, effects: bool = True, machine: Any = None) -> Outcome:
+             remove: bool = False, machine: Any = None) -> Outcome:
     """Bring the kernel to the desired state under the namespace's lock.
 
     `machine` defaults to a fresh `Kernel` (closed afterwards); the daemon passes its own.
@@ -40,18 +40,33 @@ def converge(config: Config, *, going_down: frozenset[str] = frozenset(),
         if own:
             machine = Kernel()
         try:
-            result = reconcile.run(config, machine, going_down=going_down, remove=remove,
-                                   effects=effects)
+            result = reconcile.run(config, machine, going_down=going_down, remove=remove)
             # Nothing changed: the diff just taken against a fresh observation is the verify.
             left = []
-            if effects and result.steps:
+            if result.steps:
                 with getattr(machine, "verifying", contextlib.nullcontext)():
                     left = reconcile.verify(config, machine, going_down, remove=remove)
-            notes = _policies(config, result) if effects and not remove and not left else []
+            notes = _policies(config, result) if not remove and not left else []
         finally:
             if own:
                 machine.close()
     return Outcome(result, left, (time.monotonic() - started) * 1000, notes)
+
+
+def observe(config: Config, machine: Any = None) -> reconcile.Result:
+    """Observe without effects: this machine's desired state, what it holds and the steps an
+    apply would take, changing nothing (`status`, `connections`, `flush`, `plan --live`).
+    Takes no lock: it only reads. `machine` defaults to a fresh `Kernel` (closed afterwards)."""
+    own = machine is None
+    if own:
+        from connpin.kernel.machine import Kernel
+
+        machine = Kernel()
+    try:
+        return reconcile.run(config, machine, effects=False)
+    finally:
+        if own:
+            machine.close()
 
 
 def _policies(config: Config, result: reconcile.Result) -> list[str]:

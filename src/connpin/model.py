@@ -9,10 +9,13 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import MISSING, dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+from connpin import alloc
 
 DEFAULT_CONFIG = "/etc/connpin/connpin.toml"
 
@@ -107,7 +110,13 @@ class Pinning:
 
     @property
     def rule_range(self) -> range:
+        """The ip rule priorities connpin owns."""
         return range(self.rule_priority, self.rule_priority + RULE_BAND)
+
+    @property
+    def table_range(self) -> range:
+        """The routing table ids connpin owns (one per mark value)."""
+        return alloc.table_range(self.mark_mask, self.table_base)
 
 
 @dataclass(frozen=True)
@@ -143,11 +152,12 @@ class Config:
         return uplink.failback or self.pinning.failback
 
 
-_PINNING_KEYS = {"mark_mask", "table_base", "rule_priority", "sysctl", "nft_table", "failback",
-                 "failback_idle", "backend"}
+# The config file's keys and defaults are the dataclasses' fields: written once, above.
+_PINNING_KEYS = {f.name for f in fields(Pinning)}
+_PINNING = Pinning()
 BACKENDS = ("nftables", "iptables", "auto")
-_UPLINK_KEYS = {"name", "interface", "gateway", "masquerade", "mark", "priority", "failback",
-                "on_down", "gateway6", "nptv6", "masquerade6"}
+_UPLINK_KEYS = {f.name for f in fields(Uplink)}
+_UPLINK = {f.name: f.default for f in fields(Uplink) if f.default is not MISSING}
 FAILBACK = ("keep", "flush", "flush-idle")
 ON_DOWN = ("keep", "flush")
 
@@ -207,16 +217,20 @@ def parse(doc: dict, path: str = "<config>") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(path, "pinning", "must be a table ([pinning])")
     _unknown(path, "pinning.", raw, _PINNING_KEYS)
-    mask = _int(path, "pinning.mark_mask", raw.get("mark_mask", 0x00FF0000), 1, 0xFFFFFFFF)
-    table_base = _int(path, "pinning.table_base", raw.get("table_base", 1000), 1, 0xFFFFFFFE)
-    prio = _int(path, "pinning.rule_priority", raw.get("rule_priority", 10000), 1, 32765)
-    sysctl = _bool(path, "pinning.sysctl", raw.get("sysctl", True))
-    nft_table = raw.get("nft_table", "connpin")
+
+    def get(key: str) -> Any:  # a key of [pinning], or its default
+        return raw.get(key, getattr(_PINNING, key))
+
+    mask = _int(path, "pinning.mark_mask", get("mark_mask"), 1, 0xFFFFFFFF)
+    table_base = _int(path, "pinning.table_base", get("table_base"), 1, 0xFFFFFFFE)
+    prio = _int(path, "pinning.rule_priority", get("rule_priority"), 1, 32765)
+    sysctl = _bool(path, "pinning.sysctl", get("sysctl"))
+    nft_table = get("nft_table")
     if not isinstance(nft_table, str) or not re.match(r"^[a-zA-Z_][a-zA-Z0-9_]{0,31}$", nft_table):
         raise ConfigError(path, "pinning.nft_table", f"{nft_table!r} is not a valid nft table name")
-    failback = _choice(path, "pinning.failback", raw.get("failback", "keep"), FAILBACK)
-    idle = _int(path, "pinning.failback_idle", raw.get("failback_idle", 30), 1, 86400 * 7)
-    backend = _choice(path, "pinning.backend", raw.get("backend", "nftables"), BACKENDS)
+    failback = _choice(path, "pinning.failback", get("failback"), FAILBACK)
+    idle = _int(path, "pinning.failback_idle", get("failback_idle"), 1, 86400 * 7)
+    backend = _choice(path, "pinning.backend", get("backend"), BACKENDS)
     pinning = Pinning(mask, table_base, prio, sysctl, nft_table, failback, idle, backend)
 
     raws = doc.get("uplink", [])
@@ -263,7 +277,7 @@ def _uplink(path: str, i: int, raw: Any, pinning: Pinning) -> Uplink:
                 raise ConfigError(
                     path, f"{where}.gateway", f"{gateway!r} is not an IPv4 address or \"auto\""
                 ) from None
-    masq = _bool(path, f"{where}.masquerade", raw.get("masquerade", False))
+    masq = _bool(path, f"{where}.masquerade", raw.get("masquerade", _UPLINK["masquerade"]))
     mark = raw.get("mark")
     if mark is not None:
         mark = _int(path, f"{where}.mark", mark, 1, 0xFFFFFFFF)
@@ -281,7 +295,7 @@ def _uplink(path: str, i: int, raw: Any, pinning: Pinning) -> Uplink:
     failback = raw.get("failback")
     if failback is not None:
         failback = _choice(path, f"{where}.failback", failback, FAILBACK)
-    on_down = _choice(path, f"{where}.on_down", raw.get("on_down", "keep"), ON_DOWN)
+    on_down = _choice(path, f"{where}.on_down", raw.get("on_down", _UPLINK["on_down"]), ON_DOWN)
     gateway6 = raw.get("gateway6")
     if gateway6 is not None and gateway6 != "auto":
         try:
@@ -291,7 +305,7 @@ def _uplink(path: str, i: int, raw: Any, pinning: Pinning) -> Uplink:
                 path, f"{where}.gateway6", f"{gateway6!r} is not an IPv6 address or \"auto\""
             ) from None
     nptv6 = _nptv6(path, f"{where}.nptv6", raw.get("nptv6", {}))
-    masq6 = _bool(path, f"{where}.masquerade6", raw.get("masquerade6", False))
+    masq6 = _bool(path, f"{where}.masquerade6", raw.get("masquerade6", _UPLINK["masquerade6"]))
     return Uplink(name, iface, gateway, masq, mark, priority, failback, on_down, gateway6,
                   nptv6, masq6)
 
@@ -316,9 +330,29 @@ def _nptv6(path: str, fld: str, raw: Any) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(out))
 
 
-def _check_whole(config: Config) -> None:
-    from connpin import alloc  # pure; imported here to keep the module graph one-way
+def exact_marks(config: Config) -> dict[str, alloc.Slot]:
+    """Slots of the uplinks with an exact interface name, keyed by uplink name; a collision
+    is a ConfigError naming the later uplink's mark."""
+    pin = config.pinning
+    try:
+        return alloc.exact_marks(((u.name, u.mark) for u in config.uplinks if not u.is_pattern),
+                                 pin.mark_mask, pin.table_base)
+    except alloc.Collision as e:
+        i = next(i for i, u in enumerate(config.uplinks) if u.name == e.second)
+        raise ConfigError(config.path, f"uplink[{i}] ({e.second}).mark", str(e)) from None
 
+
+def pattern_marks(config: Config, uplink: Uplink, ifaces: Iterable[str],
+                  taken: set[int]) -> dict[str, alloc.Slot]:
+    """Slots for the present interfaces of a pattern uplink (see alloc.pattern_marks)."""
+    pin = config.pinning
+    try:
+        return alloc.pattern_marks(uplink.name, ifaces, taken, pin.mark_mask, pin.table_base)
+    except alloc.Exhausted as e:
+        raise ConfigError(config.path, "pinning.mark_mask", str(e)) from None
+
+
+def _check_whole(config: Config) -> None:
     path, pin = config.path, config.pinning
     seen: dict[str, str] = {}
     for i, u in enumerate(config.uplinks):
@@ -365,7 +399,7 @@ def _check_whole(config: Config) -> None:
             path, "pinning.mark_mask",
             f"{pin.mark_mask:#010x} leaves no marks for the interfaces of pattern uplinks",
         )
-    tables = range(pin.table_base, pin.table_base + capacity)
+    tables = pin.table_range
     bad = sorted(t for t in RESERVED_TABLES if t in tables)
     if bad or tables.stop - 1 > 0xFFFFFFFF:
         raise ConfigError(
@@ -381,4 +415,4 @@ def _check_whole(config: Config) -> None:
             f"rule priorities {prios.start}..{prios.stop - 1} overlap the kernel's default rules "
             "(main is 32766; choose e.g. rule_priority = 10000)",
         )
-    alloc.exact_marks(config)  # raises ConfigError on collisions
+    exact_marks(config)  # raises ConfigError on collisions

@@ -8,25 +8,17 @@ import sys
 import time
 
 from connpin import pins
-from connpin.desired import UplinkState
+from connpin.errors import UnknownUplink, Usage
 from connpin.kernel import conntrack as ct
 from connpin.model import Config
-
-
-class UnknownUplink(ValueError):
-    pass
+from connpin.values import UplinkState
 
 
 def _uplinks(config: Config) -> tuple[list[UplinkState], object]:
     """Every uplink interface connpin knows of (up or not), from one observation."""
-    from connpin import reconcile
-    from connpin.kernel.machine import Kernel
+    from connpin import engine
 
-    kernel = Kernel()
-    try:
-        result = reconcile.run(config, kernel, effects=False)
-    finally:
-        kernel.close()
+    result = engine.observe(config)
     return list(result.desired.uplinks), result.observed
 
 
@@ -104,7 +96,7 @@ def _secs(v: int | None) -> str:
 
 def flush(config: Config, args: argparse.Namespace) -> int:
     if args.idle is not None and args.idle < 0:
-        raise UnknownUplink("--idle must be 0 or more seconds")
+        raise Usage("--idle must be 0 or more seconds")
     states, observed = _uplinks(config)
     chosen = _pick(config, states, args.uplink)
     table = ct.timeouts()
@@ -131,9 +123,5 @@ def flush(config: Config, args: argparse.Namespace) -> int:
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
-    from connpin.cli import Usage
-
-    try:
-        return connections(config, args) if args.command == "connections" else flush(config, args)
-    except UnknownUplink as e:
-        raise Usage(str(e)) from None
+    """`connpin connections` or `connpin flush`; an unknown uplink is a usage error (exit 2)."""
+    return connections(config, args) if args.command == "connections" else flush(config, args)

@@ -16,11 +16,11 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from connpin.desired import Observed, UplinkState
 from connpin.kernel import conntrack as ct
 from connpin.kernel import state
 from connpin.model import Config
 from connpin.steer import Flush
+from connpin.values import Observed, UplinkState
 
 
 class Inside:

@@ -1,12 +1,18 @@
 """observe -> diff against desired -> apply -> verify: the ONE path behind plan, apply, up, down,
-status and remove. `plan` is this path with effects off on an imagined machine."""
+status and remove. `plan` is this path with effects off on an imagined machine.
+
+The machine (kernel/machine.Kernel, or Imagined for `plan`) reports facts and carries out steps;
+every decision is taken here or in `desired`: which backend holds the ruleset, which of connpin's
+former slices to read so the diff removes what is left there (`scope`), and the steps, typed
+values that each know their undo.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from connpin import desired as D
 from connpin.model import Config
@@ -17,48 +23,166 @@ def sha(text: str | None) -> str | None:
 
 
 @dataclass(frozen=True)
+class Scope:
+    """What of the machine is connpin's to read: its slice now, and what it installed under a
+    former slice (after a change of pinning.* or of the backend) so the diff removes it."""
+
+    rule_ranges: tuple[range, ...]
+    table_ranges: tuple[range, ...]
+    families: tuple[int, ...]  # (4, 6), or (4,) where the kernel has no IPv6
+    backend: str  # nftables | iptables: where the ruleset lives now
+    nft_table: str  # connpin's nft table (pinning.nft_table)
+    stale_table: str | None = None  # a former nft table of connpin's, to read and delete
+    stale_chains: bool = False  # connpin's iptables chains are stale: read and delete them
+
+
+def scope(config: Config, observed: D.Observed) -> Scope:
+    """The slice to read on this machine: pinning.* now, plus what `observed.recorded` says
+    connpin installed before, where it differs."""
+    rule_range, table_range = D.owned(config)
+    rule_ranges, table_ranges = [rule_range], [table_range]
+    old = observed.recorded
+    back = D.backend(config, observed)
+    table = config.pinning.nft_table
+    stale_table, stale_chains = None, False
+    if old is not None:
+        if old.rules and old.rules != rule_range:
+            rule_ranges.append(old.rules)
+        if old.tables and old.tables != table_range:
+            table_ranges.append(old.tables)
+        if back == "iptables":  # switched from nftables: connpin's nft table goes
+            if old.backend == "nftables" and old.nft_table and observed.nft:
+                stale_table = old.nft_table
+        else:
+            if old.nft_table not in (None, table):
+                stale_table = old.nft_table
+            stale_chains = old.backend == "iptables"  # switched from iptables: its chains go
+    return Scope(tuple(rule_ranges), tuple(table_ranges), (4, 6) if observed.ipv6 else (4,),
+                 back, table, stale_table, stale_chains)
+
+
+@dataclass(frozen=True)
 class Installed:
     """What of connpin's slice the kernel holds now."""
 
     rules: tuple[D.Rule, ...] = ()
     routes: tuple[D.Route, ...] = ()
-    nft_listing: str | None = None
-    nft_in_place: str | None = None  # sha of the ruleset the table was last verified to hold
+    ruleset: str | None = None  # the listing of connpin's ruleset (nft table or iptables chains)
+    ruleset_in_place: str | None = None  # sha of the ruleset it was last verified to hold
     saved_sysctls: dict[str, int] = field(default_factory=dict)
-    stale_nft: tuple[tuple[str, str], ...] = ()  # (name, listing) of connpin's former tables
+    stale_tables: tuple[tuple[str, str], ...] = ()  # (name, listing) of connpin's former tables
     # connpin's iptables chains when the ruleset now lives elsewhere (the backend changed)
-    stale_iptables: str | None = None
+    stale_chains: str | None = None
     up: tuple[str, ...] | None = None  # interfaces last committed as up; None: never applied
 
 
-@dataclass(frozen=True)
-class Step:
-    """One change to the machine; `prev` is what undoing it puts back."""
+# The steps: one change to the machine each; `undo` gives the step that puts back what was.
 
-    kind: str  # sysctl | nft | iptables | route | rule
-    op: str  # add | del | replace | set | restore; for nft: the table's name
-    obj: Any
-    prev: Any = None
+@dataclass(frozen=True)
+class SysctlSet:
+    """Set a sysctl (net.ipv4.<key>); `restore` when it puts back the value connpin found."""
+
+    key: str
+    value: int
+    prev: int | None  # the value before (None: unknown, nothing to undo)
+    restore: bool = False
 
     def __str__(self) -> str:
-        if self.kind == "nft":
-            what = "delete table" if self.obj is None else "replace table"
-            return f"nft {what} inet {self.op} (one transaction)"
-        if self.kind == "iptables":
-            if self.obj is None:
+        verb = "restore" if self.restore else "set"
+        return f"sysctl {verb} net.ipv4.{self.key.replace('/', '.')}={self.value}"
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    """Replace connpin's ruleset as a whole (text None: delete it) in one backend: the nft table
+    `table` in one transaction, or the iptables chains CONNPIN-* (each table at once)."""
+
+    backend: str  # nftables | iptables
+    table: str  # the nft table's name
+    text: str | None
+    prev: str | None  # the listing it replaces
+
+    def __str__(self) -> str:
+        if self.backend == "iptables":
+            if self.text is None:
                 return "iptables: delete chains CONNPIN-* and their jumps"
             return "iptables-restore --noflush: replace chains CONNPIN-* (each table at once)"
-        if self.kind == "sysctl":
-            key, value = self.obj
-            verb = "restore" if self.op == "restore" else "set"
-            return f"sysctl {verb} net.ipv4.{key.replace('/', '.')}={value}"
-        return f"{self.obj.ip} {self.kind} {self.op} {self.obj}"
+        what = "delete table" if self.text is None else "replace table"
+        return f"nft {what} inet {self.table} (one transaction)"
+
+
+class _IpStep:
+    """A rule or route change through netlink; str() is the iproute2 command."""
+
+    what: str  # rule | route
+    verb: str  # add | del | replace
+
+    def __str__(self) -> str:
+        obj = getattr(self, self.what)
+        return f"{obj.ip} {self.what} {self.verb} {obj}"
+
+
+@dataclass(frozen=True)
+class RuleAdd(_IpStep):
+    rule: D.Rule
+    what, verb = "rule", "add"
+
+
+@dataclass(frozen=True)
+class RuleDel(_IpStep):
+    rule: D.Rule
+    what, verb = "rule", "del"
+
+
+@dataclass(frozen=True)
+class RouteAdd(_IpStep):
+    route: D.Route
+    what, verb = "route", "add"
+
+
+@dataclass(frozen=True)
+class RouteDel(_IpStep):
+    route: D.Route
+    what, verb = "route", "del"
+
+
+@dataclass(frozen=True)
+class RouteReplace(_IpStep):
+    route: D.Route
+    prev: D.Route  # the route of the same table and family it replaces
+    what, verb = "route", "replace"
+
+
+Step = SysctlSet | Ruleset | RuleAdd | RuleDel | RouteAdd | RouteDel | RouteReplace
+
+
+def undo(step: Step) -> Step | None:
+    """The step that puts back what `step` changed (None: nothing known to put back)."""
+    match step:
+        case RuleAdd(rule):
+            return RuleDel(rule)
+        case RuleDel(rule):
+            return RuleAdd(rule)
+        case RouteAdd(route):
+            return RouteDel(route)
+        case RouteDel(route):
+            return RouteAdd(route)
+        case RouteReplace(route, prev):
+            return RouteReplace(prev, route)
+        case SysctlSet(key, value, prev):
+            return None if prev is None else SysctlSet(key, prev, value)
+        case Ruleset(backend, table, text, prev):
+            return Ruleset(backend, table, prev, text)
+    raise TypeError(f"not a step: {step!r}")
 
 
 class Machine(Protocol):
-    def observe(self, config: Config) -> tuple[D.Observed, Installed]: ...
+    """Where reconcile reads facts and carries out steps (the kernel, or an imagined one)."""
+
+    def observe(self, config: Config) -> D.Observed: ...
+    def installed(self, scope: Scope) -> Installed: ...
     def execute(self, step: Step) -> None: ...
-    def committed(self, config: Config, want: D.Desired) -> None: ...
+    def committed(self, want: D.Desired) -> None: ...
 
 
 class ApplyError(Exception):
@@ -77,11 +201,11 @@ def diff(want: D.Desired, observed: D.Observed, have: Installed) -> list[Step]:
     for key, value in want.sysctls:
         cur = observed.sysctls.get(key)
         if cur != value:
-            steps.append(Step("sysctl", "set", (key, value), cur))
+            steps.append(SysctlSet(key, value, cur))
     if want.ruleset is not None and (
-        have.nft_listing is None or have.nft_in_place != sha(want.ruleset)
+        have.ruleset is None or have.ruleset_in_place != sha(want.ruleset)
     ):
-        steps.append(Step(_ruleset_kind(want), want.nft_table, want.ruleset, have.nft_listing))
+        steps.append(Ruleset(want.backend, want.nft_table, want.ruleset, have.ruleset))
 
     have_routes = set(have.routes)
     current = {(r.family, r.table): r for r in have.routes if r.dst == "default"}
@@ -91,45 +215,27 @@ def diff(want: D.Desired, observed: D.Observed, have: Installed) -> list[Step]:
             continue
         if (r.family, r.table) in current:
             old = current[r.family, r.table]
-            steps.append(Step("route", "replace", r, old))
+            steps.append(RouteReplace(r, old))
             replaced.add(old)
         else:
-            steps.append(Step("route", "add", r))
+            steps.append(RouteAdd(r))
 
     want_rules, have_rules = Counter(want.rules), Counter(have.rules)
     key = D.sort_key
-    steps += [Step("rule", "add", r) for r in sorted((want_rules - have_rules).elements(), key=key)]
-    steps += [Step("rule", "del", r) for r in sorted((have_rules - want_rules).elements(), key=key)]
-    steps += [Step("route", "del", r)
-              for r in sorted(have_routes - set(want.routes) - replaced, key=key)]
+    steps += [RuleAdd(r) for r in sorted((want_rules - have_rules).elements(), key=key)]
+    steps += [RuleDel(r) for r in sorted((have_rules - want_rules).elements(), key=key)]
+    steps += [RouteDel(r) for r in sorted(have_routes - set(want.routes) - replaced, key=key)]
 
     wanted_keys = {k for k, _ in want.sysctls}
     for key, original in sorted(have.saved_sysctls.items()):
         if key not in wanted_keys and key in observed.sysctls:
-            steps.append(Step("sysctl", "restore", (key, original), observed.sysctls[key]))
-    if want.ruleset is None and have.nft_listing is not None:
-        steps.append(Step(_ruleset_kind(want), want.nft_table, None, have.nft_listing))
-    steps += [Step("nft", name, None, listing) for name, listing in have.stale_nft]
-    if have.stale_iptables is not None:
-        steps.append(Step("iptables", want.nft_table, None, have.stale_iptables))
+            steps.append(SysctlSet(key, original, observed.sysctls[key], restore=True))
+    if want.ruleset is None and have.ruleset is not None:
+        steps.append(Ruleset(want.backend, want.nft_table, None, have.ruleset))
+    steps += [Ruleset("nftables", name, None, listing) for name, listing in have.stale_tables]
+    if have.stale_chains is not None:
+        steps.append(Ruleset("iptables", want.nft_table, None, have.stale_chains))
     return steps
-
-
-def undo(step: Step) -> Step:
-    if step.kind == "rule":
-        return Step("rule", "del" if step.op == "add" else "add", step.obj)
-    if step.kind == "route":
-        if step.op == "replace":
-            return Step("route", "replace", step.prev, step.obj)
-        return Step("route", "del" if step.op == "add" else "add", step.obj)
-    if step.kind == "sysctl":
-        return Step("sysctl", "set", (step.obj[0], step.prev), step.obj[1])
-    return Step(step.kind, step.op, step.prev, step.obj)
-
-
-def _ruleset_kind(want: D.Desired) -> str:
-    """The step kind that installs `want.ruleset`: one per backend."""
-    return "iptables" if want.backend == "iptables" else "nft"
 
 
 @dataclass
@@ -143,7 +249,8 @@ class Result:
 def run(config: Config, machine: Machine, *, going_down: frozenset[str] = frozenset(),
         remove: bool = False, effects: bool = True) -> Result:
     """Compute, diff and (with effects) apply; on failure undo what was done and raise."""
-    observed, have = machine.observe(config)
+    observed = machine.observe(config)
+    have = machine.installed(scope(config, observed))
     want = D.nothing(config, observed) if remove else D.compute(config, observed, going_down)
     steps = diff(want, observed, have)
     result = Result(want, observed, have, steps)
@@ -156,15 +263,16 @@ def run(config: Config, machine: Machine, *, going_down: frozenset[str] = frozen
         except Exception as e:  # noqa: BLE001 - any failure must roll back
             failed = []
             for d in reversed(done):
-                if d.kind == "sysctl" and d.prev is None:
+                back = undo(d)
+                if back is None:
                     continue
                 try:
-                    machine.execute(undo(d))
+                    machine.execute(back)
                 except Exception as ue:  # noqa: BLE001
-                    failed.append(f"{undo(d)}: {ue}")
+                    failed.append(f"{back}: {ue}")
             raise ApplyError(step, str(e), failed) from None
         done.append(step)
-    machine.committed(config, want)
+    machine.committed(want)
     return result
 
 
@@ -174,19 +282,21 @@ def verify(config: Config, machine: Machine, going_down: frozenset[str] = frozen
     return run(config, machine, going_down=going_down, remove=remove, effects=False).steps
 
 
-
 class Imagined:
     """A machine where every exact uplink is up and nothing is installed yet: what `plan` shows.
-    Executes nothing. `backend` is what pinning.backend = "auto" stands for."""
+    Executes nothing. `nft`: whether the nft tool is there (pinning.backend = "auto")."""
 
-    def __init__(self, backend: str = "nftables") -> None:
-        self.backend = backend
+    def __init__(self, nft: bool = True) -> None:
+        self.nft = nft
 
-    def observe(self, config: Config) -> tuple[D.Observed, Installed]:
-        return D.Observed(imagined=True, backend=self.backend), Installed()
+    def observe(self, config: Config) -> D.Observed:
+        return D.Observed(imagined=True, nft=self.nft)
+
+    def installed(self, scope: Scope) -> Installed:
+        return Installed()
 
     def execute(self, step: Step) -> None:
         raise AssertionError("plan never executes")
 
-    def committed(self, config: Config, want: D.Desired) -> None:
+    def committed(self, want: D.Desired) -> None:
         pass

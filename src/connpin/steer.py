@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from connpin.desired import UplinkState
 from connpin.model import Config
+from connpin.values import UplinkState
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,9 @@ def marks(lab: Lab) -> dict[str, int]:
 def ct_list(lab: Lab, mark: int | None = None, mask: int = 0xFFFFFFFF) -> list[str]:
     argv = ["conntrack", "-L"] + (["-m", f"{mark:#x}/{mask:#x}"] if mark is not None else [])
     out = lab.exec("router", argv).stdout
-    return [ln for ln in out.splitlines() if ln.strip()]
+    # without the timeout column (3rd): it counts down, so listings taken seconds apart on a
+    # busy machine would differ in it alone
+    return [" ".join(w[:2] + w[3:]) for ln in out.splitlines() if (w := ln.split())]
 
 
 def ct_insert(lab: Lab, n: int, mark: int, idle: int = 0) -> None:

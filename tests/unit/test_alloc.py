@@ -30,17 +30,17 @@ def test_capacity() -> None:
 
 def test_marks_depend_on_names_only() -> None:
     names = ("isp-a", "isp-b", "lte", "fibre")
-    ref = alloc.exact_marks(config(*names))
+    ref = model.exact_marks(config(*names))
     for perm in itertools.permutations(names):
-        assert alloc.exact_marks(config(*perm)) == ref
+        assert model.exact_marks(config(*perm)) == ref
     # adding an uplink never moves the others
-    more = alloc.exact_marks(config(*names, "starlink"))
+    more = model.exact_marks(config(*names, "starlink"))
     assert {k: more[k] for k in ref} == ref
 
 
 def test_tables_follow_marks_inside_range() -> None:
     c = config("isp-a", "isp-b", extra="table_base = 5000\n")
-    for s in alloc.exact_marks(c).values():
+    for s in model.exact_marks(c).values():
         assert s.table == 5000 + s.index - 1
         assert 5000 <= s.table < 5000 + 255
         assert s.mark & ~0x00FF0000 == 0
@@ -64,12 +64,12 @@ def test_pattern_instances_probe_past_taken_marks() -> None:
     c = model.loads('[pinning]\nmark_mask = 0x00030000\n'
                     '[[uplink]]\nname = "s"\ninterface = "ppp*"\n')
     u = c.uplinks[0]
-    got = alloc.pattern_marks(c, u, ["ppp0", "ppp1", "ppp2"], set())
+    got = model.pattern_marks(c, u, ["ppp0", "ppp1", "ppp2"], set())
     assert sorted(s.index for s in got.values()) == [1, 2, 3]
     # same interfaces, other order: same marks
-    assert alloc.pattern_marks(c, u, ["ppp2", "ppp0", "ppp1"], set()) == got
+    assert model.pattern_marks(c, u, ["ppp2", "ppp0", "ppp1"], set()) == got
     with pytest.raises(model.ConfigError, match="no free mark"):
-        alloc.pattern_marks(c, u, ["ppp0", "ppp1", "ppp2", "ppp3"], set())
+        model.pattern_marks(c, u, ["ppp0", "ppp1", "ppp2", "ppp3"], set())
 
 
 def test_pattern_instances_avoid_exact_uplinks() -> None:
@@ -80,3 +80,13 @@ def test_pattern_instances_avoid_exact_uplinks() -> None:
     slots = desired.slots(c, desired.Observed(links))
     assert sorted(i for _, i, _ in slots) == ["eth1", "ppp0", "ppp1"]
     assert len({s.index for _, _, s in slots}) == 3
+
+
+def test_alloc_works_on_plain_values() -> None:
+    got = alloc.exact_marks([("a", None), ("b", 0x00050000)], 0x00FF0000, 2000)
+    assert got["b"] == alloc.Slot(5, 0x00050000, 2004)
+    assert got["a"] == alloc.slot(alloc.home("a", 0x00FF0000), 0x00FF0000, 2000)
+    with pytest.raises(alloc.Collision, match="'a' and 'c' both get mark 0x00050000"):
+        alloc.exact_marks([("a", 0x00050000), ("c", 0x00050000)], 0x00FF0000, 2000)
+    assert alloc.table_range(0x0F000000, 100) == range(100, 115)
+    assert model.loads("").pinning.table_range == range(1000, 1255)

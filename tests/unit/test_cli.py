@@ -154,3 +154,17 @@ def test_lab_needs_root_like_the_rest(capsys, monkeypatch) -> None:
     assert cli.main(["lab", "demo"]) == 4
     err = capsys.readouterr().err
     assert "needs root" in err and "connpin plan -c examples/" in err
+
+
+def test_version_is_the_installed_packages(monkeypatch) -> None:
+    import importlib.metadata
+
+    import connpin
+
+    assert connpin.__version__ == importlib.metadata.version("connpin")
+
+    def missing(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    assert connpin.version() == connpin.UNKNOWN_VERSION  # a source tree never installed

@@ -204,9 +204,9 @@ def test_gateway_change_is_a_replace() -> None:
     want = D.compute(CFG, observed())
     moved = D.compute(CFG, observed(gateways={"eth1": "198.51.100.9"}))
     steps = reconcile.diff(moved, observed(), installed_from(want))
-    assert [(s.kind, s.op) for s in steps] == [("route", "replace")]
+    assert [type(s) for s in steps] == [reconcile.RouteReplace]
     undo = reconcile.undo(steps[0])
-    assert undo.obj.gateway == "198.51.100.1"
+    assert isinstance(undo, reconcile.RouteReplace) and undo.route.gateway == "198.51.100.1"
 
 
 def test_remove_is_built_from_the_same_slice() -> None:
@@ -214,11 +214,11 @@ def test_remove_is_built_from_the_same_slice() -> None:
     have = Installed(want.rules, want.routes, "listing", "x", {"conf/ppp0/rp_filter": 1})
     obs = observed(sysctls={"conf/ppp0/rp_filter": 2})
     steps = reconcile.diff(D.nothing(CFG), obs, have)
-    kinds = [(s.kind, s.op) for s in steps]
-    assert kinds.count(("rule", "del")) == len(want.rules)
-    assert kinds.count(("route", "del")) == len(want.routes)
-    assert ("sysctl", "restore") in kinds
-    assert kinds[-1] == ("nft", "connpin") and steps[-1].obj is None
+    kinds = [type(s) for s in steps]
+    assert kinds.count(reconcile.RuleDel) == len(want.rules)
+    assert kinds.count(reconcile.RouteDel) == len(want.routes)
+    assert any(isinstance(s, reconcile.SysctlSet) and s.restore for s in steps)
+    assert steps[-1] == reconcile.Ruleset("nftables", "connpin", None, "listing")
 
 
 def test_foreign_rules_in_band_are_drift() -> None:

@@ -140,11 +140,12 @@ def test_listing_round_trip() -> None:
 def test_reconcile_uses_the_iptables_step_and_undo() -> None:
     cfg = config()
     steps = reconcile.run(cfg, reconcile.Imagined(), effects=False).steps
-    step = next(s for s in steps if s.kind == "iptables")
+    step = next(s for s in steps if isinstance(s, reconcile.Ruleset))
+    assert step.backend == "iptables"
     assert str(step).startswith("iptables-restore --noflush")
-    assert reconcile.undo(step).obj is None  # nothing was there before
+    assert reconcile.undo(step).text is None  # nothing was there before
     nft = replace(cfg, pinning=replace(cfg.pinning, backend="nftables"))
-    assert any(s.kind == "nft" for s in
+    assert any(isinstance(s, reconcile.Ruleset) and s.backend == "nftables" for s in
                reconcile.run(nft, reconcile.Imagined(), effects=False).steps)
 
 

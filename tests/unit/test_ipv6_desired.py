@@ -105,7 +105,7 @@ def test_gateway6_change_is_a_replace_in_its_family_only() -> None:
                                                          reconcile.sha(want.ruleset)))
     assert [str(s) for s in steps] == [
         f"ip -6 route replace default via fe80::2 dev eth1 table {st(want, 'isp-b').slot.table}"]
-    assert reconcile.undo(steps[0]).obj.gateway == "fe80::1"
+    assert reconcile.undo(steps[0]).route.gateway == "fe80::1"
 
 
 def test_remove_deletes_both_families() -> None:

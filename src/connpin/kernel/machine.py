@@ -1,5 +1,8 @@
-"""The real machine behind reconcile: observe the slice connpin owns, execute one step at a time.
-All in the network namespace the process is in (the CLI enters `--netns` first)."""
+"""The real machine behind reconcile: report what the kernel holds, execute one step at a time.
+
+It reads and writes; it decides nothing: which backend and which former slices to read come
+from reconcile.scope. All in the network namespace the process is in (the CLI enters `--netns`
+first)."""
 
 from __future__ import annotations
 
@@ -13,8 +16,21 @@ from connpin.kernel import nft as nftool
 from connpin.kernel import state, sysctl
 from connpin.kernel.netlink import Netlink
 from connpin.model import Config
-from connpin.reconcile import Installed, Step, sha
+from connpin.reconcile import (
+    Installed,
+    RouteAdd,
+    RouteDel,
+    RouteReplace,
+    RuleAdd,
+    RuleDel,
+    Ruleset,
+    Scope,
+    Step,
+    SysctlSet,
+    sha,
+)
 from connpin.render import nft
+from connpin.values import Recorded
 
 
 class Kernel:
@@ -25,8 +41,8 @@ class Kernel:
         self.generation = nftool.Generation()
         self.state = state.load()
         self._table = "connpin"
-        self._backend = "nftables"
         self._families: tuple[int, ...] = (4, 6)
+        self._dumps: tuple[list, list] = ([], [])
         self._links: dict = {}
         self._held: dict | None = None  # links kept for verify (see verifying)
         # the last `nft list` of connpin's table: ((generation, table), text)
@@ -65,11 +81,12 @@ class Kernel:
             self._listed = ((gen, self._table), text)
         return text
 
-    def observe(self, config: Config) -> tuple[D.Observed, Installed]:
+    def observe(self, config: Config) -> D.Observed:
+        """The facts desired and reconcile decide on: links, main's default routes, sysctls,
+        IPv6, whether the nft tool is there, and the slice connpin recorded at its last apply."""
         # Re-read what connpin remembers here, under the lock: a long-lived Kernel (the daemon's)
         # then sees what a `connpin up/down` beside it recorded in between.
         self.state = state.load()
-        self._table = config.pinning.nft_table
         links = self._held if self._held is not None else self.netlink.links()
         self._links = links
         keys = ["conf/all/rp_filter"]
@@ -81,81 +98,81 @@ class Kernel:
         dump = self.netlink.route_dump()
         ipv6 = os.path.isdir("/proc/sys/net/ipv6")
         dump6 = self.netlink.route_dump(6) if ipv6 else []
-        auto = nftool.auto_backend(config.pinning.backend)
-        observed = D.Observed(links, self.netlink.main_gateways(dump), values,
-                              gateways6=self.netlink.main_gateways6(dump6) if ipv6 else {},
-                              ipv6=ipv6, backend=auto,
-                              inside=self.netlink.inside(
-                                  [dump, dump6], lambda n: config.match(n) is not None))
-        families = (4, 6) if ipv6 else (4,)
-        self._backend, self._families = D.backend(config, observed), families
-        rule_range, table_range = D.owned(config)
-        # After a change of pinning.* ranges or table name, what connpin installed under the old
-        # ones is still its own: observe it too, so the diff removes it.
-        old = self.state.get("slice", {})
-        rule_ranges, table_ranges = [rule_range], [table_range]
-        if old.get("rules") and range(*old["rules"]) != rule_range:
-            rule_ranges.append(range(*old["rules"]))
-        if old.get("tables") and range(*old["tables"]) != table_range:
-            table_ranges.append(range(*old["tables"]))
+        self._dumps = (dump, dump6)  # for installed(): connpin's routes are in the same dumps
+        return D.Observed(links, self.netlink.main_gateways(dump), values,
+                          gateways6=self.netlink.main_gateways6(dump6) if ipv6 else {},
+                          ipv6=ipv6, nft=nftool.available(),
+                          inside=self.netlink.inside(
+                              [dump, dump6], lambda n: config.match(n) is not None),
+                          recorded=self._recorded())
+
+    def _recorded(self) -> Recorded | None:
+        old = self.state.get("slice")
+        if not old:
+            return None
+        return Recorded(
+            rules=range(*old["rules"]) if old.get("rules") else None,
+            tables=range(*old["tables"]) if old.get("tables") else None,
+            nft_table=old.get("nft_table"),
+            backend=old.get("backend", "nftables"),  # recorded before iptables existed
+        )
+
+    def installed(self, scope: Scope) -> Installed:
+        """What of connpin's slice (and of the former slices `scope` names) the kernel holds."""
+        self._table, self._families = scope.nft_table, scope.families
+        dump, dump6 = self._dumps
         stale: tuple[tuple[str, str], ...] = ()
-        stale_ipt = None
-        former = old.get("nft_table")
-        was = old.get("backend", "nftables") if old else None
-        if self._backend == "iptables":
-            # switched from nftables: connpin's nft table goes
-            if was == "nftables" and former and nftool.available() and (
-                    gone := nftool.listing("inet", former)) is not None:
-                stale = ((former, gone),)
-            listing = ipt.listing(families)
-        else:
-            if former not in (None, self._table) and (
-                    gone := nftool.listing("inet", former)) is not None:
-                stale = ((former, gone),)
-            if was == "iptables":  # switched from iptables: its chains go
-                stale_ipt = ipt.listing(families)
-            listing = self._listing()
+        if scope.stale_table is not None and (
+                gone := nftool.listing("inet", scope.stale_table)) is not None:
+            stale = ((scope.stale_table, gone),)
+        stale_chains = ipt.listing(scope.families) if scope.stale_chains else None
+        listing = ipt.listing(scope.families) if scope.backend == "iptables" else self._listing()
         nst = self.state.get("nft", {})
         in_place = nst.get("ruleset") if listing is not None and sha(listing) == nst.get(
             "listing") else None
-        installed = Installed(
-            rules=tuple(self.netlink.rules(*rule_ranges, families=families)),
-            routes=tuple(self.netlink.routes(*table_ranges, dump=dump, dump6=dump6,
-                                             families=families)),
-            nft_listing=listing,
-            nft_in_place=in_place,
+        return Installed(
+            rules=tuple(self.netlink.rules(*scope.rule_ranges, families=scope.families)),
+            routes=tuple(self.netlink.routes(*scope.table_ranges, dump=dump, dump6=dump6,
+                                             families=scope.families)),
+            ruleset=listing,
+            ruleset_in_place=in_place,
             saved_sysctls=dict(self.state.get("sysctls", {})),
-            stale_nft=stale,
-            stale_iptables=stale_ipt,
+            stale_tables=stale,
+            stale_chains=stale_chains,
             up=tuple(self.state["up"]) if "up" in self.state else None,
         )
-        return observed, installed
 
     def execute(self, step: Step) -> None:
-        if step.kind == "nft":
-            nftool.run(nft.transaction(step.op, step.obj))
-            self.state["nft"] = {}  # re-recorded by committed()
-        elif step.kind == "iptables":
-            ipt.apply(step.obj, self._families)
-            self.state["nft"] = {}
-        elif step.kind == "rule":
-            self.netlink.rule(step.op, step.obj)
-        elif step.kind == "route":
-            self.netlink.route(step.op, step.obj)
-        elif step.kind == "sysctl":
-            key, value = step.obj
-            saved = self.state.setdefault("sysctls", {})
-            if step.op == "set" and key not in saved and step.prev is not None:
-                saved[key] = step.prev
-            sysctl.write(key, value)
-            if step.op == "restore":
-                saved.pop(key, None)
-        else:
-            raise ValueError(step.kind)
+        match step:
+            case Ruleset(backend="iptables"):
+                ipt.apply(step.text, self._families)
+                self.state["nft"] = {}  # re-recorded by committed()
+            case Ruleset():
+                nftool.run(nft.transaction(step.table, step.text))
+                self.state["nft"] = {}
+            case RuleAdd(rule):
+                self.netlink.rule("add", rule)
+            case RuleDel(rule):
+                self.netlink.rule("del", rule)
+            case RouteAdd(route):
+                self.netlink.route("add", route)
+            case RouteDel(route):
+                self.netlink.route("del", route)
+            case RouteReplace(route):
+                self.netlink.route("replace", route)
+            case SysctlSet(key, value, prev, restore):
+                saved = self.state.setdefault("sysctls", {})
+                if not restore and key not in saved and prev is not None:
+                    saved[key] = prev
+                sysctl.write(key, value)
+                if restore:
+                    saved.pop(key, None)
+            case _:
+                raise TypeError(f"not a step: {step!r}")
 
-    def committed(self, config: Config, want: D.Desired) -> None:
+    def committed(self, want: D.Desired) -> None:
         """Remember what was verified to be in place, and forget sysctls of vanished links."""
-        if self._backend == "iptables":  # (iptables-legacy commits bump no nft generation)
+        if want.backend == "iptables":  # (iptables-legacy commits bump no nft generation)
             gen, listing = None, ipt.listing(self._families)
         else:
             gen = self.generation.read()  # before listing: a later commit makes it stale, not wrong
@@ -168,7 +185,7 @@ class Kernel:
                 "rules": [want.rule_range.start, want.rule_range.stop],
                 "tables": [want.table_range.start, want.table_range.stop],
                 "nft_table": want.nft_table,
-                "backend": self._backend,
+                "backend": want.backend,
             }
             self.state["up"] = sorted(s.interface for s in want.uplinks if s.up)
         else:

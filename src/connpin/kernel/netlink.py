@@ -9,7 +9,7 @@ from pyroute2.iproute import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from connpin.const import IFF_UP, MAIN_TABLE
-from connpin.desired import Link, Route, Rule
+from connpin.values import Link, Route, Rule
 
 RTEXT_FILTER_SKIP_STATS = 1 << 3  # link dumps without counters: a third cheaper to decode
 _ACTIONS = {1: "lookup", 2: "goto", 3: "nop", 6: "blackhole", 7: "unreachable", 8: "prohibit"}

@@ -30,12 +30,6 @@ def available() -> bool:
         return False
 
 
-def auto_backend(configured: str) -> str:
-    """What `pinning.backend = "auto"` stands for on this machine: iptables when the nft tool is
-    missing. Only "auto" looks for the tool; for other values the answer is not used."""
-    return "nftables" if configured != "auto" or available() else "iptables"
-
-
 def run(script: str) -> None:
     """Load an nft script as one atomic transaction; nothing changes if any line fails."""
     p = subprocess.run([_nft(), "-f", "-"], input=script, text=True, capture_output=True)

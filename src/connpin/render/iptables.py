@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from connpin.const import NEVER_PINNED6
 
 if TYPE_CHECKING:
-    from connpin.desired import UplinkState
     from connpin.model import Config
+    from connpin.values import UplinkState
 
 PREFIX = "CONNPIN-"
 HEADER = "# connpin iptables ruleset: generated, chains CONNPIN-* replaced on every apply.\n"

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 from connpin.const import NEVER_PINNED6
 
 if TYPE_CHECKING:
-    from connpin.desired import UplinkState
     from connpin.model import Config
+    from connpin.values import UplinkState
 
 HEADER = "# connpin ruleset: generated, replaced as a whole on every apply; do not edit.\n"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from connpin.model import Config
+from connpin.reconcile import Ruleset
 
 
 def build(config: Config, result: Any,
@@ -48,7 +49,7 @@ def build(config: Config, result: Any,
         "config": config.path,
         "nft_table": f"inet {result.desired.nft_table}" if result.desired.backend == "nftables"
         else "iptables chains CONNPIN-*",
-        "nft_in_place": not any(s.kind in ("nft", "iptables") for s in result.steps),
+        "nft_in_place": not any(isinstance(s, Ruleset) for s in result.steps),
         "uplinks": uplinks,
         "drift": drift,
         "in_place": not drift,
