@@ -245,12 +245,6 @@ class Conntrack:
         self.sock.send(self._dump_request(mark, mask))
         return [_entry(buf, off, end) for buf, off, end in self._messages()]
 
-    def handles(self, mark: int, mask: int) -> list[bytes]:
-        """Just what deleting each matching entry takes: the cheap way to flush them all."""
-        self.sock.send(self._dump_request(mark, mask))
-        return [_handle(buf, _attrs(buf, off + 20, end), buf[off + 16])
-                for buf, off, end in self._messages()]
-
     # -- deletes -------------------------------------------------------------------------
     def flush(self, mark: int, mask: int) -> None:
         """Every entry with `mark & mask == mark`, deleted by the kernel in one request."""
