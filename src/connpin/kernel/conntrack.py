@@ -3,9 +3,10 @@
 Requests are encoded with pyroute2's ctnetlink messages; the kernel filters dumps by
 `(ct mark & mask) == mark`, so only the entries of one uplink ever cross into userspace.
 Replies are read by walking message and attribute headers for the few fields connpin needs,
-because pyroute2's general decoder costs about 70 us per entry here (the conntrack tool about 7)
-and a busy router holds a million entries. Deletes are batched: each one carries back the
-original tuple, zone and id exactly as the kernel gave them, so it can only hit that entry.
+because pyroute2's general decoder costs about ten times what the conntrack tool does per entry
+(docs/performance.md) and a busy router holds a million entries. Deletes are batched: each one
+carries back the original tuple, zone and id exactly as the kernel gave them, so it can only hit
+that entry.
 """
 
 from __future__ import annotations
