@@ -33,7 +33,7 @@ def converge(config: Config, *, going_down: frozenset[str] = frozenset(),
 
     own = machine is None
     if own:
-        # imported before the clock starts: importing pyroute2 (~70 ms) is start-up, not work
+        # imported before the clock starts: importing pyroute2 is start-up, not work
         from connpin.kernel.machine import Kernel
     started = time.monotonic()
     with state.locked():

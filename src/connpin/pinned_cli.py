@@ -11,6 +11,7 @@ from connpin import pins
 from connpin.errors import UnknownUplink, Usage
 from connpin.kernel import conntrack as ct
 from connpin.model import Config
+from connpin.render.columns import columns
 from connpin.values import UplinkState
 
 
@@ -81,10 +82,7 @@ def connections(config: Config, args: argparse.Namespace) -> int:
         rows = [head] + [(r["proto"], r["direction"], r["src"], r["dst"], r["nat"] or "-",
                           r["state"], _secs(r["idle"]), _secs(r["age"]))
                          for r in g["connections"]]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        for r in rows:
-            out.write("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
-                      .rstrip() + "\n")
+        out.writelines(line + "\n" for line in columns(rows, indent="  "))
     return 0
 
 

@@ -16,6 +16,8 @@ import pytest
 
 from connpin.lab import Lab
 
+pytest.register_assert_rewrite("helpers")  # the shared checks (helpers.py) explain failures too
+
 PARAMETRISED = {"test_pinning", "test_ipv6"}
 DEFAULT = ("nftables", "iptables-nft")
 #: About nft itself, or no connpin at all: nftables only.

@@ -7,21 +7,17 @@ previous state; switching backends leaves nothing behind; `auto` picks iptables 
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_pinning import foreign_iptables
+from helpers import KERNEL, foreign_iptables
 
 from connpin import model, reconcile
 from connpin.lab import Lab
 from connpin.render import iptables as R
 
-pytestmark = [
-    pytest.mark.kernel,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-]
+pytestmark = KERNEL
 
 FLAVOURS = ["iptables-nft", "iptables-legacy"]
 GOLDEN = Path(__file__).parent.parent / "golden"

@@ -8,23 +8,24 @@ host 2001:db8:ff::10. ISP 1 is the preferred uplink in both families.
 
 from __future__ import annotations
 
-import os
 import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
-from test_pinning import STALL, assert_flowing, assert_status_ok, foreign_iptables
+from helpers import (
+    KERNEL,
+    STALL,
+    assert_flowing,
+    assert_status_ok,
+    fails_without_pinning,
+    foreign_iptables,
+    wait_for,
+)
 
 from connpin.lab import Lab
 from connpin.model import RULE_BAND
 
-pytestmark = [
-    pytest.mark.kernel,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-]
-
+pytestmark = KERNEL
 
 
 @contextmanager
@@ -156,10 +157,8 @@ def test_v6_5b_pinned_connection_fails_closed_when_its_uplink_is_gone() -> None:
             assert lab.spoofed6(2) == before, "packets with ISP 1's prefix reached ISP 2"
             # the test can tell: without connpin's IPv6 unreachable rule they do leak
             lab.exec("router", ["ip", "-6", "rule", "del", "priority", str(10000 + RULE_BAND - 2)])
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and lab.spoofed6(2) == before:
-                time.sleep(0.05)
-            assert lab.spoofed6(2) > before
+            wait_for(lambda: lab.spoofed6(2) > before, 10.0,
+                     "the leak the IPv6 unreachable rule prevented")
         finally:
             probe.close()
 
@@ -310,16 +309,7 @@ def test_v6_ipv4_only_uplink_and_drift_repair() -> None:
         assert_status_ok(lab)
 
 
-def _fails(story) -> bool:
-    with Lab(uplinks=("ppp", "ppp"), lab_masquerade=True, ipv6=True) as lab:
-        try:
-            story(lab)
-        except AssertionError:
-            return True
-        return False
-
-
 def test_v6_control_without_pinning_fails_the_stories() -> None:
     """Plain routing and masquerade (both families): the IPv6 tests can tell."""
-    assert _fails(story_outbound6), "1 must fail without pinning"
-    assert _fails(story_inbound6), "2 must fail without pinning"
+    assert fails_without_pinning(story_outbound6, ipv6=True), "1 must fail without pinning"
+    assert fails_without_pinning(story_inbound6, ipv6=True), "2 must fail without pinning"

@@ -5,18 +5,14 @@ uplink going down and up changes only its own rule."""
 from __future__ import annotations
 
 import json
-import os
 
-import pytest
+from helpers import KERNEL
 
 from connpin import alloc
 from connpin.lab import Lab
 from connpin.model import RULE_BAND
 
-pytestmark = [
-    pytest.mark.kernel,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-]
+pytestmark = KERNEL
 
 MASK = 0x00FF0000
 SPARES = 30

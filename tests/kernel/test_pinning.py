@@ -10,22 +10,26 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-import pytest
+from helpers import (
+    KERNEL,
+    STALL,
+    assert_flowing,
+    assert_status_ok,
+    fails_without_pinning,
+    foreign_iptables,
+    story_inbound,
+    story_outbound,
+    wait_for,
+)
 
 from connpin.lab import Lab
 from connpin.model import RULE_BAND
 
-pytestmark = [
-    pytest.mark.kernel,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-]
-
-STALL = 1.0  # a pinned connection must never go this long without a round trip
+pytestmark = KERNEL
 
 
 @contextmanager
@@ -39,53 +43,6 @@ def pinned(uplinks: tuple[str, ...] = ("ppp", "ppp"), config: str | None = None,
         lab.connpin("hooks", "install", "--ppp", "--networkmanager", "--root", lab.hooks_root)
         lab.connpin("apply")
         yield lab
-
-
-def assert_flowing(probe, rounds: int = 5, timeout: float = 5.0) -> None:
-    probe.reset_gap()
-    assert probe.wait_rounds(rounds, timeout), f"probe stalled (peer {probe.peer})"
-    assert probe.max_gap < STALL, f"probe stalled for {probe.max_gap:.2f}s"
-
-
-def assert_status_ok(lab: Lab) -> None:
-    p = lab.connpin("status", check=False)
-    assert p.returncode == 0, p.stdout + p.stderr
-
-
-def _settled(up: set[int]) -> None:
-    """With hooks, `uplink_up` returns once the pinning is in place: nothing to wait for."""
-
-
-def story_outbound(lab: Lab, settle: Callable[[set[int]], None] = _settled) -> None:
-    """1: a connection opened over the backup keeps working after the preferred uplink returns.
-    `settle(up)` waits until the pinning of uplinks `up` is in place (the daemon's tests)."""
-    lab.uplink_up(2)
-    settle({2})
-    probe = lab.probe()
-    try:
-        assert probe.wait_rounds(3, 5.0)
-        assert lab.uplink_of(probe.peer) == 2
-        lab.uplink_up(1)
-        settle({1, 2})
-        assert lab.uplink_of(lab.connect()) == 1, "new connections take the preferred uplink"
-        assert_flowing(probe)
-        assert lab.uplink_of(probe.peer) == 2
-    finally:
-        probe.close()
-
-
-def story_inbound(lab: Lab, settle: Callable[[set[int]], None] = _settled) -> None:
-    """2: connections arriving on the backup (to the router, port-forwarded) answer over it."""
-    lab.uplink_up(2)
-    lab.uplink_up(1)
-    settle({1, 2})
-    assert lab.connect(src="net", dst=lab.address(2), port=7) is not None, "to the router"
-    assert lab.connect(src="net", dst=lab.address(2), port=8080) is not None, "port forward"
-    probe = lab.probe(src="net", dst=lab.address(2), port=8080)
-    try:
-        assert_flowing(probe)
-    finally:
-        probe.close()
 
 
 def test_1_outbound_connection_survives_preferred_uplink_return() -> None:
@@ -179,11 +136,8 @@ def test_5b_pinned_connection_fails_closed_when_its_uplink_is_gone() -> None:
             assert leaked == 0, f"{leaked} packets with ISP 1's address reached ISP 2"
             # the test can tell: without connpin's unreachable rule they do leak
             lab.exec("router", ["ip", "rule", "del", "priority", str(10000 + RULE_BAND - 2)])
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and lab.netstat("isp2").get(
-                    "TcpExt.IPReversePathFilter", 0) == before:
-                time.sleep(0.05)
-            assert lab.netstat("isp2").get("TcpExt.IPReversePathFilter", 0) > before
+            wait_for(lambda: lab.netstat("isp2").get("TcpExt.IPReversePathFilter", 0) > before,
+                     10.0, "the leak the unreachable rule prevented")
         finally:
             probe.close()
 
@@ -288,26 +242,6 @@ def _snapshot(lab: Lab) -> dict[str, str]:
     }
 
 
-#: Foreign iptables rules in every built-in chain connpin hooks into (both families), so the
-#: tables and chains exist before connpin: `remove` must leave them exactly as they were.
-FOREIGN_IPT = """*mangle
--A PREROUTING -m mark --mark 0xca6c -j RETURN
--A OUTPUT -p udp --dport 51820 -j MARK --set-xmark 0x100/0x100
--A POSTROUTING -o lan0 -j RETURN
-COMMIT
-*nat
--A PREROUTING -p tcp --dport 2222 -j RETURN
--A POSTROUTING -o lan0 -j RETURN
-COMMIT
-"""
-
-
-def foreign_iptables(lab: Lab) -> None:
-    flavour = os.environ.get("CONNPIN_IPTABLES") or "iptables"
-    for tool in (flavour, flavour.replace("iptables", "ip6tables", 1)):
-        lab.exec("router", [f"{tool}-restore", "--noflush"], input=FOREIGN_IPT)
-
-
 def test_9_apply_is_idempotent_and_remove_restores_everything() -> None:
     with Lab(uplinks=("ppp", "ppp")) as lab:
         lab.write_config(lab.default_config(masquerade=True))
@@ -373,15 +307,6 @@ def test_9b_a_failed_apply_keeps_the_previous_state(tmp_path) -> None:
         assert _snapshot(lab) == good
 
 
-def _fails(story) -> bool:
-    with Lab(uplinks=("ppp", "ppp"), lab_masquerade=True) as lab:
-        try:
-            story(lab)
-        except AssertionError:
-            return True
-        return False
-
-
 def _flap_story(lab: Lab) -> None:
     lab.uplink_up(2)
     probe = lab.probe()
@@ -391,16 +316,16 @@ def _flap_story(lab: Lab) -> None:
             lab.uplink_up(1, address=f"100.64.1.{10 + i}")
             lab.uplink_down(1)
         lab.uplink_up(1)
-        assert_flowing(probe, rounds=3, timeout=2.0)
+        assert_flowing(probe, rounds=3)
     finally:
         probe.close()
 
 
 def test_10_control_without_pinning_fails_the_stories() -> None:
     """Plain routing and masquerade: the tests can tell pinning from no pinning."""
-    assert _fails(story_outbound), "1 must fail without pinning"
-    assert _fails(story_inbound), "2 must fail without pinning"
-    assert _fails(_flap_story), "4 must fail without pinning"
+    assert fails_without_pinning(story_outbound), "1 must fail without pinning"
+    assert fails_without_pinning(story_inbound), "2 must fail without pinning"
+    assert fails_without_pinning(_flap_story), "4 must fail without pinning"
 
 
 def test_10b_the_same_flap_story_passes_with_pinning() -> None:

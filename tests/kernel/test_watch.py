@@ -20,7 +20,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
-from test_pinning import STALL, assert_flowing, story_inbound, story_outbound
+from helpers import STALL, assert_flowing, story_inbound, story_outbound
 
 from connpin.lab import Lab
 from connpin.model import RULE_BAND

@@ -3,9 +3,10 @@
 Requests are encoded with pyroute2's ctnetlink messages; the kernel filters dumps by
 `(ct mark & mask) == mark`, so only the entries of one uplink ever cross into userspace.
 Replies are read by walking message and attribute headers for the few fields connpin needs,
-because pyroute2's general decoder costs about 70 us per entry here (the conntrack tool about 7)
-and a busy router holds a million entries. Deletes are batched: each one carries back the
-original tuple, zone and id exactly as the kernel gave them, so it can only hit that entry.
+because pyroute2's general decoder costs about ten times what the conntrack tool does per entry
+(docs/performance.md) and a busy router holds a million entries. Deletes are batched: each one
+carries back the original tuple, zone and id exactly as the kernel gave them, so it can only hit
+that entry.
 """
 
 from __future__ import annotations
@@ -244,12 +245,6 @@ class Conntrack:
     def entries(self, mark: int, mask: int) -> list[Entry]:
         self.sock.send(self._dump_request(mark, mask))
         return [_entry(buf, off, end) for buf, off, end in self._messages()]
-
-    def handles(self, mark: int, mask: int) -> list[bytes]:
-        """Just what deleting each matching entry takes: the cheap way to flush them all."""
-        self.sock.send(self._dump_request(mark, mask))
-        return [_handle(buf, _attrs(buf, off + 20, end), buf[off + 16])
-                for buf, off, end in self._messages()]
 
     # -- deletes -------------------------------------------------------------------------
     def flush(self, mark: int, mask: int) -> None:

@@ -57,7 +57,7 @@ class Kernel:
         """While verifying an apply, observe the links as the apply did: verify checks that this
         apply's plan landed (rules, routes, ruleset and sysctls are read back anew), and a link
         that changed meanwhile is the next converge's business (its hook or event). Saves the
-        link and address dumps, the largest part of observing (~50 ms at 256 links)."""
+        link and address dumps, the largest part of observing when there are many links."""
         self._held = self._links
         try:
             yield
@@ -72,8 +72,8 @@ class Kernel:
         if gen is not None and nst.get("gen") == gen and nst.get("table") == self._table and (
                 "text" in nst):
             return nst["text"]
-        # Read in this process at this generation (verify's read, then committed's): ~13 ms a
-        # listing at 256 uplinks. Any nft commit since, by anyone, bumps the generation.
+        # Read in this process at this generation (verify's read, then committed's): a listing
+        # grows with the uplinks. Any nft commit since, by anyone, bumps the generation.
         if gen is not None and self._listed[0] == (gen, self._table):
             return self._listed[1]
         text = nftool.listing("inet", self._table)

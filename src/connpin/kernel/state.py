@@ -1,5 +1,12 @@
-"""What connpin remembers between runs, per network namespace: the lock that serializes
-concurrent hooks, and the sysctl values it changed (so `remove` can put them back)."""
+"""What connpin remembers between runs, per network namespace, in its directory
+`$CONNPIN_RUN_DIR/net-<namespace cookie>` (default /run/connpin): the lock that serializes
+concurrent runs (hooks, apply, the daemon), and `state.json`, read and written whole and
+atomically (the kernel adapter decides its content): the sysctl values connpin changed (so
+`remove` can put them back), the slice it last applied (rule and table ranges, nft table,
+backend: so a changed slice is removed under the old values), the uplink interfaces that were
+up (so failback and on_down see transitions) and the ruleset it last verified (hashes, and the
+nft generation and listing that spare an `nft list`). Other files in that directory belong to
+their users (pins: `failback.json`; `connpin sweep`: `sweep.lock`)."""
 
 from __future__ import annotations
 

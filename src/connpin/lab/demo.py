@@ -19,6 +19,7 @@ from typing import TextIO
 from connpin.lab.commands import LabError
 from connpin.lab.core import Lab
 from connpin.lab.echo import Probe
+from connpin.render.columns import columns
 
 PREFERRED, BACKUP = 1, 2
 STALL = 1.0  # a connection that goes this long without a round trip has stalled
@@ -234,11 +235,7 @@ def table(without: dict[str, Outcome], with_: dict[str, Outcome]) -> str:
         miss = Outcome(False, "not run")
         rows.append((f"{key}. {text}", without.get(key, miss).cell(),
                      with_.get(key, miss).cell()))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-             for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join(columns(rows, rule="-"))
 
 
 def main(uplinks: Sequence[str] = ("ppp", "ppp"), keep: bool = False,

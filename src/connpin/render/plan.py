@@ -6,6 +6,7 @@ from typing import Any
 
 from connpin import steer
 from connpin.model import Config
+from connpin.render.columns import columns
 
 
 def _uplinks(result: Any) -> list[dict]:
@@ -72,10 +73,7 @@ def text(config: Config, result: Any, live: bool) -> str:
         rows.append((u["uplink"], u["interface"], u["mark"], str(u["table"]), u["state"],
                      "yes" if u["masquerade"] else "no",
                      f"{v6['state']}, {nat6}" if v6["up"] else v6["state"]))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        cells = "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
-        lines.append(f"#   {cells}".rstrip())
+    lines += columns(rows, indent="#   ")
     for u in config.uplinks:
         if u.is_pattern:
             lines.append(f"#   {u.name}: each interface matching {u.interface!r} gets its own "

@@ -6,6 +6,7 @@ from typing import Any
 
 from connpin.model import Config
 from connpin.reconcile import Ruleset
+from connpin.render.columns import columns
 
 
 def build(config: Config, result: Any,
@@ -87,8 +88,7 @@ def text(report: dict) -> str:
                u["mark"], str(u["table"]), "ok" if u["rule_in_place"] else "MISSING",
                "ok" if u["route_in_place"] else "MISSING", ipv6)
         rows.append(row + ((_pinned(u),) if counted else ()))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines = columns(rows)
     for w in report["patterns_without_interfaces"]:
         lines.append(f"{w['uplink']}: no interface matches {w['pattern']!r} yet")
     what = report["nft_table"]
