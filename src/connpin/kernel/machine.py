@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from connpin import desired as D
+from connpin.kernel import faults, state, sysctl
 from connpin.kernel import iptables as ipt
 from connpin.kernel import nft as nftool
-from connpin.kernel import state, sysctl
 from connpin.kernel.netlink import Netlink
 from connpin.model import Config
 from connpin.reconcile import Installed, Step, sha
@@ -132,6 +132,7 @@ class Kernel:
         return observed, installed
 
     def execute(self, step: Step) -> None:
+        faults.point()  # CONNPIN_FAULT: the crash-safety tests die here
         if step.kind == "nft":
             nftool.run(nft.transaction(step.op, step.obj))
             self.state["nft"] = {}  # re-recorded by committed()
@@ -144,12 +145,11 @@ class Kernel:
             self.netlink.route(step.op, step.obj)
         elif step.kind == "sysctl":
             key, value = step.obj
-            saved = self.state.setdefault("sysctls", {})
-            if step.op == "set" and key not in saved and step.prev is not None:
-                saved[key] = step.prev
+            if step.op == "set" and step.prev is not None:  # on disk before the change
+                state.remember_sysctl(self.state, key, step.prev)
             sysctl.write(key, value)
             if step.op == "restore":
-                saved.pop(key, None)
+                self.state.get("sysctls", {}).pop(key, None)
         else:
             raise ValueError(step.kind)
 
