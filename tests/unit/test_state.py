@@ -84,9 +84,9 @@ def test_lock_times_out_naming_the_holder() -> None:
         fd = os.open(path, os.O_RDWR)  # a second holder (flock is per open file)
         try:
             start = time.monotonic()
-            with pytest.raises(state.LockTimeout, match=f"process {os.getpid()} has held"):
-                with state.locked(timeout=0.2):
-                    pass
+            with pytest.raises(state.LockTimeout, match=f"process {os.getpid()} has held"), \
+                    state.locked(timeout=0.2):
+                pass
             assert 0.2 <= time.monotonic() - start < 2
         finally:
             os.close(fd)
