@@ -128,3 +128,11 @@ def test_nft_override_and_timeout(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("CONNPIN_TOOL_TIMEOUT", "0.2")
     with pytest.raises(nft.NftFailure, match="nft did not finish within 0.2 s"):
         nft.run("flush ruleset\n")
+
+
+def test_tools_refuse_input_outside_printable_ascii() -> None:
+    for argv, stdin in ((["cat"], "table inet x { }\x00"), (["cat"], "\u2028"),
+                        (["echo", "a\nb"], None)):
+        with pytest.raises(tools.ToolFailure, match="outside printable ASCII"):
+            tools.run(argv, stdin)
+    assert tools.run(["cat"], "table inet x {\n\tchain c { }\n}\n").returncode == 0

@@ -67,10 +67,19 @@ def timeout() -> float:
     return value if 0 < value < 86400 else TIMEOUT
 
 
+def _plain(text: str) -> bool:
+    return all(" " <= c <= "~" or c in "\t\n" for c in text)
+
+
 def run(argv: list[str], stdin: str | None = None) -> Ran:
     """Run a tool (argv[0] is passed to `find`) and wait at most `timeout()` seconds. Raises
     ToolFailure when it cannot be started or does not finish in time; the caller reads the
-    return code."""
+    return code. Input (rulesets) and arguments must be plain printable ASCII: the config's
+    validators let nothing else through, and this is the last check before a tool parses it."""
+    if not all(_plain(a) and "\n" not in a for a in argv) or (
+            stdin is not None and not _plain(stdin)):
+        raise ToolFailure(f"{os.path.basename(argv[0])}: refusing input with characters outside "
+                          "printable ASCII (a bug: the config's validators should have said)")
     exe = find(argv[0])
     limit = timeout()
     name = os.path.basename(argv[0])
