@@ -196,6 +196,10 @@ def save(state: dict) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+    for name in os.listdir(d):  # left by a writer killed before its rename
+        if name.startswith("state.json.tmp-"):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(d, name))
 
 
 def remember_sysctl(state: dict, key: str, original: int) -> None:
