@@ -147,7 +147,12 @@ def sweep(lab: Lab, pristine: dict[str, str], first: str, second: str | None,
     raise AssertionError(f"more than {MAX_POINTS} kill points")
 
 
-@pytest.mark.parametrize("backend", ["nftables", "iptables-nft"], indirect=True)
+#: CONNPIN_TEST_BACKENDS (see conftest) chooses the backends of the first-apply sweep too.
+BACKENDS = [b.strip() for b in (os.environ.get("CONNPIN_TEST_BACKENDS") or
+                                "nftables,iptables-nft").split(",") if b.strip()]
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_kill_9_at_every_point_of_a_first_apply(backend) -> None:
     with Lab(uplinks=("ppp", "eth"), ipv6=True) as lab:
         strict_lab(lab)
