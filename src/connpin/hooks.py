@@ -1,16 +1,27 @@
 """Hook scripts for pppd, NetworkManager and networkd-dispatcher: tiny shell files that hand the
 interface name to `connpin up/down` as one argument, in a cleared environment. The name is never
-interpreted by a shell; connpin validates it. Or, instead of hooks, a systemd unit running
-`connpin watch`, which follows the kernel's events itself."""
+interpreted by a shell; connpin validates it. The settings that choose the tools and the state
+directory (CONNPIN_IPTABLES, CONNPIN_NFT, CONNPIN_RUN_DIR, ...) are written into the script at
+install time, so a hook runs connpin exactly as `apply` did. Or, instead of hooks, a systemd
+unit running `connpin watch`, which follows the kernel's events itself (its command line quoted
+for systemd, not for a shell). Files connpin did not write are never overwritten or removed."""
 
 from __future__ import annotations
 
 import os
 import shlex
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 MARK = "# installed by connpin"
+#: The environment that changes what connpin does, carried into hooks (`env -i` clears the rest).
+CARRIED = ("CONNPIN_IPTABLES", "CONNPIN_NFT", "CONNPIN_RUN_DIR", "CONNPIN_LOCK_TIMEOUT",
+           "CONNPIN_TOOL_TIMEOUT")
+
+
+class NotOurs(Exception):
+    """A file to be written exists and connpin did not write it."""
 
 
 @dataclass(frozen=True)
@@ -29,12 +40,16 @@ PPP = (
     Hook("etc/ppp/ipv6-up.d/connpin", '$CONNPIN up -- "$PPP_IFACE"\n'),
     Hook("etc/ppp/ipv6-down.d/connpin", '$CONNPIN up -- "$PPP_IFACE"\n'),
 )
+# NetworkManager runs pre-down only from pre-down.d (the same script, installed there too), and
+# passes no interface for actions about the whole machine (connectivity-change, hostname).
+_NM = ('[ -n "$1" ] || exit 0\n'
+       'case "$2" in\n'
+       '  up|dhcp4-change|dhcp6-change|reapply) $CONNPIN up -- "$1" ;;\n'
+       '  down|pre-down) $CONNPIN down -- "$1" ;;\n'
+       "esac\nexit 0\n")
 NETWORKMANAGER = (
-    Hook("etc/NetworkManager/dispatcher.d/50-connpin",
-         'case "$2" in\n'
-         '  up|dhcp4-change|dhcp6-change|reapply|connectivity-change) $CONNPIN up -- "$1" ;;\n'
-         '  down|pre-down) $CONNPIN down -- "$1" ;;\n'
-         "esac\nexit 0\n"),
+    Hook("etc/NetworkManager/dispatcher.d/50-connpin", _NM),
+    Hook("etc/NetworkManager/dispatcher.d/pre-down.d/50-connpin", _NM),
 )
 NETWORKD = (
     Hook("etc/networkd-dispatcher/routable.d/50-connpin", '$CONNPIN up -- "$IFACE"\n'),
@@ -55,8 +70,15 @@ def command(config: str | None) -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
-def script(hook: Hook, config: str | None) -> str:
-    env = "env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+def carried(environ: Mapping[str, str] | None = None) -> list[str]:
+    """NAME=value words (shell-quoted) of the settings in CARRIED that are set."""
+    environ = os.environ if environ is None else environ
+    return [shlex.quote(f"{k}={environ[k]}") for k in CARRIED if environ.get(k)]
+
+
+def script(hook: Hook, config: str | None, environ: Mapping[str, str] | None = None) -> str:
+    env = " ".join(["env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    *carried(environ)])
     return (
         f"#!/bin/sh\n{MARK}; `connpin hooks remove` deletes it.\n"
         "# The interface name is passed as one quoted argument and validated by connpin;\n"
@@ -69,15 +91,28 @@ CONTRIB_HEADER = ("# connpin watch as a systemd service. Set ExecStart to where 
                   "# installed, or let `connpin hooks install --systemd` write it for you.")
 
 
+def systemd_word(word: str) -> str:
+    """One word of a systemd command line: "%" and "$" escaped (specifiers, variables), quoted
+    when it holds blanks, quotes or backslashes. A word with a newline or another control
+    character cannot be written into a unit: ValueError."""
+    if not word.isprintable():
+        raise ValueError(f"{word!r} holds a control character; it cannot go into a systemd unit")
+    word = word.replace("%", "%%").replace("$", "$$")
+    if word and not any(c.isspace() or c in "\\\"';" for c in word):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def unit(config: str | None, exe: str | None = None, header: str | None = None) -> str:
     """The systemd unit of `connpin watch` (Type=notify: ready once the first converge ran).
 
     Ordered after nftables.service, whose boot-time `flush ruleset` must come first (a later
     flush is an nf_tables event the daemon repairs at once). Nothing else: uplinks already up
     when it starts are pinned by its first converge."""
-    cmd = exe or command(config)
-    if exe and config:
-        cmd += f" -c {shlex.quote(os.path.abspath(config))}"
+    argv = [exe] if exe else [sys.executable, "-I", "-m", "connpin"]
+    if config:
+        argv += ["-c", os.path.abspath(config)]
+    cmd = " ".join(systemd_word(a) for a in argv)
     return (
         (header or f"{MARK}; `connpin hooks remove --systemd` deletes it.") + "\n"
         "[Unit]\n"
@@ -97,18 +132,48 @@ def unit(config: str | None, exe: str | None = None, header: str | None = None) 
     )
 
 
+def _unit(config: str | None) -> str:
+    try:
+        return unit(config)
+    except ValueError as e:
+        from connpin.model import ConfigError
+
+        raise ConfigError(config or sys.executable, "", f"cannot go into a systemd unit: {e}"
+                          ) from None
+
+
+def _ours(path: str) -> bool | None:
+    """True: connpin wrote it (its marker line); False: someone else's; None: no such file."""
+    try:
+        with open(path, "rb") as f:
+            return MARK.encode() in f.read(4096)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return False
+
+
 def install(kinds: list[str], root: str = "/", config: str | None = None) -> list[str]:
-    written = []
+    """Write the hooks of `kinds`. Raises NotOurs, before writing anything, when one of the
+    files exists and connpin did not write it; ConfigError when `config` cannot go into a
+    systemd unit."""
+    texts = {}
     for kind in kinds:
         for hook in KINDS[kind]:
             path = os.path.join(root, hook.path)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = path + ".connpin-new"
-            with open(tmp, "w") as f:
-                f.write(unit(config) if kind == "systemd" else script(hook, config))
-            os.chmod(tmp, 0o644 if kind == "systemd" else 0o755)
-            os.replace(tmp, path)
-            written.append(path)
+            if _ours(path) is False:
+                raise NotOurs(f"{path} exists and was not written by connpin; not overwritten "
+                              "(move it away, or merge by hand)")
+            texts[path] = (kind, _unit(config) if kind == "systemd" else script(hook, config))
+    written = []
+    for path, (kind, text) in texts.items():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".connpin-new"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644 if kind == "systemd" else 0o755)
+        os.replace(tmp, path)
+        written.append(path)
     return written
 
 
@@ -118,11 +183,7 @@ def remove(kinds: list[str], root: str = "/") -> list[str]:
     for kind in kinds:
         for hook in KINDS[kind]:
             path = os.path.join(root, hook.path)
-            try:
-                with open(path) as f:
-                    if MARK not in f.read(4096):
-                        continue
-            except FileNotFoundError:
+            if not _ours(path):
                 continue
             os.unlink(path)
             removed.append(path)

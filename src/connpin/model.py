@@ -7,7 +7,9 @@ ranges) lives here too, so a bad config is refused before anything is observed o
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterable
 from dataclasses import MISSING, dataclass, field, fields
@@ -31,8 +33,11 @@ RESERVED_PRIORITIES = frozenset({0, 32766, 32767})
 
 _UPLINK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 # The kernel (dev_valid_name) takes 1..15 bytes except "/", ":" and whitespace; connpin takes the
-# conservative subset that real interfaces use, so a name can never break nft quoting or a shell.
-_IFNAME = re.compile(r"^[A-Za-z0-9_.+-]{1,15}$")
+# conservative subset that real interfaces use, so a name can never break nft quoting or a shell:
+# no "+" (iptables reads a trailing + as a wildcard) and no leading "-" (an option to iptables).
+_IFNAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,14}$")
+#: Largest config file read (a real one is a few KB; /dev/zero would never end).
+MAX_CONFIG_BYTES = 1 << 20
 
 
 class ConfigError(Exception):
@@ -40,8 +45,16 @@ class ConfigError(Exception):
 
     def __init__(self, path: str, field: str, message: str):
         self.path, self.field, self.message = path, field, message
-        where = f"{path}: {field}: " if field else f"{path}: "
-        super().__init__(where + message)
+        shown = path if path.isprintable() else repr(path)[1:-1]
+        where = f"{shown}: {field}: " if field else f"{shown}: "
+        super().__init__(_one_line(where + message))
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    """An error message as one printable line of bounded length (values are quoted with repr,
+    but a parser's message or a path may hold anything)."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def valid_ifname(name: str) -> bool:
@@ -166,11 +179,27 @@ def load(path: str | Path) -> Config:
     """Read and validate a config file. Raises ConfigError."""
     p = str(path)
     try:
-        data = Path(path).read_bytes()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below)
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError(p, "", "no such file (use -c PATH or CONNPIN_CONFIG)") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(p, "", f"cannot read: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(p, "", "not a regular file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(p, "", f"{st.st_size} bytes; a config is at most "
+                              f"{MAX_CONFIG_BYTES} bytes")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
         raise ConfigError(p, "", f"cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(p, "", f"more than {MAX_CONFIG_BYTES} bytes")
     return loads(data.decode("utf-8", errors="replace"), p)
 
 
@@ -179,7 +208,14 @@ def loads(text: str, path: str = "<config>") -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, "", f"invalid TOML: {e}") from None
-    return parse(doc, path)
+    except RecursionError:
+        raise ConfigError(path, "", "invalid TOML: nested too deeply") from None
+    except Exception as e:  # noqa: BLE001 - any parser failure is the file's problem
+        raise ConfigError(path, "", f"invalid TOML: {type(e).__name__}: {e}") from None
+    try:
+        return parse(doc, path)
+    except RecursionError:
+        raise ConfigError(path, "", "nested too deeply") from None
 
 
 def _int(path: str, fld: str, value: Any, lo: int, hi: int) -> int:
@@ -260,23 +296,17 @@ def _uplink(path: str, i: int, raw: Any, pinning: Pinning) -> Uplink:
     where = f"uplink[{i}] ({name})"
     iface = raw["interface"]
     body = iface[:-1] if isinstance(iface, str) and iface.endswith("*") else iface
+    if isinstance(iface, str) and "+" in iface:
+        raise ConfigError(path, f"{where}.interface", f"{iface!r}: '+' is not allowed (iptables "
+                          "reads a trailing + as a wildcard; a pattern ends with '*', like "
+                          "\"ppp*\")")
     if not isinstance(iface, str) or not valid_ifname(body):
         raise ConfigError(
             path, f"{where}.interface",
             f"{iface!r} is not a valid interface name or pattern (1-15 letters, digits or "
-            "'_.+-'; a pattern ends with a single '*', like \"ppp*\")",
+            "'_.-', not starting with '-'; a pattern ends with a single '*', like \"ppp*\")",
         )
-    gateway = raw.get("gateway")
-    if gateway is not None:
-        if not isinstance(gateway, str):
-            raise ConfigError(path, f"{where}.gateway", "must be an IPv4 address or \"auto\"")
-        if gateway != "auto":
-            try:
-                gateway = str(ipaddress.IPv4Address(gateway))
-            except ValueError:
-                raise ConfigError(
-                    path, f"{where}.gateway", f"{gateway!r} is not an IPv4 address or \"auto\""
-                ) from None
+    gateway = _gateway(path, f"{where}.gateway", raw.get("gateway"), 4)
     masq = _bool(path, f"{where}.masquerade", raw.get("masquerade", _UPLINK["masquerade"]))
     mark = raw.get("mark")
     if mark is not None:
@@ -296,18 +326,41 @@ def _uplink(path: str, i: int, raw: Any, pinning: Pinning) -> Uplink:
     if failback is not None:
         failback = _choice(path, f"{where}.failback", failback, FAILBACK)
     on_down = _choice(path, f"{where}.on_down", raw.get("on_down", _UPLINK["on_down"]), ON_DOWN)
-    gateway6 = raw.get("gateway6")
-    if gateway6 is not None and gateway6 != "auto":
-        try:
-            gateway6 = str(ipaddress.IPv6Address(gateway6))
-        except (ValueError, TypeError):
-            raise ConfigError(
-                path, f"{where}.gateway6", f"{gateway6!r} is not an IPv6 address or \"auto\""
-            ) from None
+    gateway6 = _gateway(path, f"{where}.gateway6", raw.get("gateway6"), 6)
     nptv6 = _nptv6(path, f"{where}.nptv6", raw.get("nptv6", {}))
     masq6 = _bool(path, f"{where}.masquerade6", raw.get("masquerade6", _UPLINK["masquerade6"]))
     return Uplink(name, iface, gateway, masq, mark, priority, failback, on_down, gateway6,
                   nptv6, masq6)
+
+
+def _address(text: Any, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """Address text of one family, strictly: a string, no IPv6 zone id ("%eth0": meaningless in
+    config, and free text that would reach the ruleset). Raises ValueError."""
+    if not isinstance(text, str) or "%" in text or not text.isascii():
+        raise ValueError(text)
+    return ipaddress.IPv4Address(text) if family == 4 else ipaddress.IPv6Address(text)
+
+
+def _gateway(path: str, fld: str, raw: Any, family: int) -> str | None:
+    """None, "auto", or a unicast address that can be a next hop."""
+    if raw is None or raw == "auto":
+        return raw
+    kind = "IPv4" if family == 4 else "IPv6"
+    try:
+        addr = _address(raw, family)
+    except ValueError:
+        zone = " (zone ids like %eth0 are not allowed: the uplink's interface is the scope)" \
+            if isinstance(raw, str) and "%" in raw else ""
+        raise ConfigError(path, fld, f"{raw!r} is not an {kind} address or \"auto\"{zone}"
+                          ) from None
+    bad = ("unspecified" if addr.is_unspecified else "multicast" if addr.is_multicast
+           else "loopback" if addr.is_loopback
+           else "broadcast" if family == 4 and addr == ipaddress.IPv4Address("255.255.255.255")
+           else "in 0.0.0.0/8" if family == 4 and addr in ipaddress.IPv4Network("0.0.0.0/8")
+           else None)
+    if bad:
+        raise ConfigError(path, fld, f"{raw!r} cannot be a gateway ({bad} address)")
+    return str(addr)
 
 
 def _nptv6(path: str, fld: str, raw: Any) -> tuple[tuple[str, str], ...]:
@@ -320,6 +373,8 @@ def _nptv6(path: str, fld: str, raw: Any) -> tuple[tuple[str, str], ...]:
         nets = []
         for text in (inside, outside):
             try:
+                if not isinstance(text, str) or "%" in text or not text.isascii():
+                    raise ValueError(text)
                 nets.append(ipaddress.IPv6Network(text, strict=True))
             except (ValueError, TypeError):
                 raise ConfigError(path, fld, f"{text!r} is not an IPv6 prefix like "

@@ -100,10 +100,11 @@ def test_exact_name_wins_over_pattern() -> None:
     ("ppp0", True), ("eth0.10", True), ("wan-1", True), ("a" * 15, True), ("a" * 16, False),
     ("", False), (".", False), ("..", False), ("a b", False), ("a/b", False), ("a:b", False),
     ("ppp0\n", False), ("$(reboot)", False), ("ppp0;id", False), ('p"0', False),
-    ("-x", True),
+    ("-x", False), ("eth+", False), ("x-", True), ("_a.b", True),
 ])
 def test_valid_ifname(name: str, ok: bool) -> None:
-    # stricter than the kernel: nothing that could break nft quoting or mean something to a shell
+    # stricter than the kernel: nothing that could break nft quoting, mean something to a shell,
+    # be an option to iptables (leading -) or an iptables wildcard (+)
     assert model.valid_ifname(name) is ok
 
 
@@ -114,3 +115,54 @@ def test_failback_keys_and_defaults() -> None:
     assert (c.pinning.failback, c.pinning.failback_idle) == ("keep", 30)
     assert (a.priority, a.failback, a.on_down, c.failback(a)) == (1, None, "keep", "keep")
     assert (b.priority, c.failback(b), b.on_down) == (7, "flush", "flush")
+
+
+def up(extra: str, iface: str = "eth0") -> str:
+    return f'[[uplink]]\nname = "a"\ninterface = "{iface}"\n{extra}\n'
+
+
+@pytest.mark.parametrize("text,field,words", [
+    (up('gateway6 = "fe80::1%eth0"'), "gateway6", "zone ids"),
+    (up('gateway6 = "fe80::1%eth0\\n-A INPUT -j ACCEPT"'), "gateway6", "zone ids"),
+    (up('nptv6 = { "fd00::%x/64" = "2001:db8::/64" }'), "nptv6", "not an IPv6 prefix"),
+    (up('nptv6 = { "fd00::/64" = "2001:db8::%x\\n/64" }'), "nptv6", "not an IPv6 prefix"),
+    (up("", "eth+"), "interface", "'+' is not allowed"),
+    (up("", "e+th"), "interface", "'+' is not allowed"),
+    (up("", "-j"), "interface", "not a valid interface"),
+    (up('gateway = "0.0.0.0"'), "gateway", "unspecified"),
+    (up('gateway = "255.255.255.255"'), "gateway", "broadcast"),
+    (up('gateway = "224.0.0.1"'), "gateway", "multicast"),
+    (up('gateway = "127.0.0.1"'), "gateway", "loopback"),
+    (up('gateway = "0.1.2.3"'), "gateway", "0.0.0.0/8"),
+    (up("gateway = 3232235777"), "gateway", "not an IPv4 address"),
+    (up('gateway = "١٩٢.0.2.1"'), "gateway", "not an IPv4 address"),
+    (up('gateway6 = "::"'), "gateway6", "unspecified"),
+    (up('gateway6 = "ff02::1"'), "gateway6", "multicast"),
+    (up('gateway6 = "::1"'), "gateway6", "loopback"),
+    (up("gateway6 = 1"), "gateway6", "not an IPv6 address"),
+    ("a = " + "[" * 5000 + "]" * 5000 + "\n", "", "nested too deeply"),
+    ("a = " + "{b = " * 3000 + "1" + "}" * 3000 + "\n", "", "invalid TOML"),
+])
+def test_hostile_values_are_refused(text: str, field: str, words: str) -> None:
+    msg = err(text)
+    assert field in msg and words in msg, msg
+
+
+def test_good_gateways_are_kept() -> None:
+    c = model.loads(up('gateway = "192.0.2.1"\ngateway6 = "FE80::1"'))
+    assert (c.uplinks[0].gateway, c.uplinks[0].gateway6) == ("192.0.2.1", "fe80::1")
+
+
+def test_only_regular_files_of_bounded_size_are_read(tmp_path) -> None:
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * (model.MAX_CONFIG_BYTES + 1))
+    for path, words in ((fifo, "not a regular file"), ("/dev/zero", "not a regular file"),
+                        (tmp_path, "not a regular file"), (big, "a config is at most"),
+                        (str(tmp_path / "a\nb"), "no such file")):
+        with pytest.raises(ConfigError) as e:
+            model.load(path)
+        assert words in str(e.value) and "\n" not in str(e.value), str(e.value)

@@ -10,15 +10,12 @@ and the IPv6 ones are derived from that name (iptables-legacy -> ip6tables-legac
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 
+from connpin.kernel import tools
 from connpin.render import iptables as render
 
-SBIN = ("/usr/sbin", "/sbin")
 
-
-class IptablesFailure(Exception):
+class IptablesFailure(tools.ToolFailure):
     pass
 
 
@@ -27,32 +24,22 @@ def flavour() -> str:
 
 
 def tool(family: int, suffix: str) -> str:
-    """e.g. tool(6, "restore") -> ip6tables-legacy-restore for CONNPIN_IPTABLES=iptables-legacy."""
+    """e.g. tool(6, "restore") -> ip6tables-legacy-restore for CONNPIN_IPTABLES=iptables-legacy
+    (a name, or a path when CONNPIN_IPTABLES is one; tools.find locates it when run)."""
     base = flavour()
     head, name = os.path.split(base)
     if not name.startswith("iptables"):
         raise IptablesFailure(f"CONNPIN_IPTABLES={base!r}: expected iptables, iptables-legacy, "
                               "iptables-nft or a path to one of them")
     name = ("ip6tables" if family == 6 else "iptables") + name[len("iptables"):] + f"-{suffix}"
-    if head:
-        return os.path.join(head, name)
-    found = shutil.which(name) or next(
-        (p for d in SBIN if os.access(p := os.path.join(d, name), os.X_OK)), None)
-    if found is None:
-        raise IptablesFailure(f"{name} is not installed (apt install iptables)")
-    return found
-
-
-def available() -> bool:
-    try:
-        tool(4, "restore")
-    except IptablesFailure:
-        return False
-    return True
+    return os.path.join(head, name) if head else name
 
 
 def _run(argv: list[str], stdin: str | None = None) -> str:
-    p = subprocess.run(argv, input=stdin, text=True, capture_output=True)
+    try:
+        p = tools.run(argv, stdin)
+    except tools.ToolFailure as e:
+        raise IptablesFailure(str(e)) from None
     if p.returncode != 0:
         msg = " ".join(line.strip() for line in p.stderr.splitlines() if line.strip())
         raise IptablesFailure(f"{os.path.basename(argv[0])}: "

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from connpin import desired as D
+from connpin.kernel import faults, state, sysctl
 from connpin.kernel import iptables as ipt
 from connpin.kernel import nft as nftool
-from connpin.kernel import state, sysctl
 from connpin.kernel.netlink import Netlink
 from connpin.model import Config
 from connpin.reconcile import (
@@ -143,6 +143,7 @@ class Kernel:
         )
 
     def execute(self, step: Step) -> None:
+        faults.point()  # CONNPIN_FAULT: the crash-safety tests die here
         match step:
             case Ruleset(backend="iptables"):
                 ipt.apply(step.text, self._families)
@@ -161,12 +162,11 @@ class Kernel:
             case RouteReplace(route):
                 self.netlink.route("replace", route)
             case SysctlSet(key, value, prev, restore):
-                saved = self.state.setdefault("sysctls", {})
-                if not restore and key not in saved and prev is not None:
-                    saved[key] = prev
+                if not restore and prev is not None:  # on disk before the change
+                    state.remember_sysctl(self.state, key, prev)
                 sysctl.write(key, value)
                 if restore:
-                    saved.pop(key, None)
+                    self.state.get("sysctls", {}).pop(key, None)
             case _:
                 raise TypeError(f"not a step: {step!r}")
 

@@ -4,35 +4,29 @@ ruleset generation (netlink), which tells without running the tool whether anyth
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import subprocess
+
+from connpin.kernel import tools
 
 
-class NftFailure(Exception):
+class NftFailure(tools.ToolFailure):
     pass
-
-
-def _nft() -> str:
-    """The nft tool: $CONNPIN_NFT, else nft on PATH or in the sbin directories."""
-    exe = os.environ.get("CONNPIN_NFT") or shutil.which("nft") or next(
-        (p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p)), None)
-    if exe is None:
-        raise NftFailure("the nft tool is not installed (apt install nftables)")
-    return exe
 
 
 def available() -> bool:
     """Whether the nft tool can be run (pinning.backend = "auto" picks iptables otherwise)."""
+    return tools.exists("nft")
+
+
+def _nft(argv: list[str], stdin: str | None = None) -> tools.Ran:
     try:
-        return os.access(_nft(), os.X_OK)
-    except NftFailure:
-        return False
+        return tools.run(["nft", *argv], stdin)
+    except tools.ToolFailure as e:
+        raise NftFailure(str(e)) from None
 
 
 def run(script: str) -> None:
     """Load an nft script as one atomic transaction; nothing changes if any line fails."""
-    p = subprocess.run([_nft(), "-f", "-"], input=script, text=True, capture_output=True)
+    p = _nft(["-f", "-"], script)
     if p.returncode != 0:
         msg = " ".join(line.strip() for line in p.stderr.splitlines() if "Error" in line)
         raise NftFailure(msg or p.stderr.strip() or f"nft exited with {p.returncode}")
@@ -40,7 +34,7 @@ def run(script: str) -> None:
 
 def listing(family: str, table: str) -> str | None:
     """`nft list table` output, or None when the table does not exist."""
-    p = subprocess.run([_nft(), "list", "table", family, table], text=True, capture_output=True)
+    p = _nft(["list", "table", family, table])
     if p.returncode != 0:
         if "No such file" in p.stderr:
             return None
