@@ -23,6 +23,9 @@ RULE_BAND = 1024
 MAX_INTERFACES = (RULE_BAND - 4) // 2
 #: Routing tables the kernel reserves: unspec, default, main, local.
 RESERVED_TABLES = frozenset({0, 253, 254, 255})
+#: The default pinning.mark_mask: the top byte, which no well-known mark user on routers touches
+#: (Tailscale holds 0x00ff0000, mwan3 0x3f00, kube-proxy 0xc000; docs/coexistence.md).
+DEFAULT_MARK_MASK = 0xFF000000
 #: ip rule priorities that are the kernel's defaults (local, main, default).
 RESERVED_PRIORITIES = frozenset({0, 32766, 32767})
 
@@ -96,7 +99,7 @@ class Uplink:
 class Pinning:
     """The slice of the machine connpin owns, and how it behaves."""
 
-    mark_mask: int = 0x00FF0000
+    mark_mask: int = DEFAULT_MARK_MASK
     table_base: int = 1000
     rule_priority: int = 10000
     sysctl: bool = True  # set rp_filter loose and src_valid_mark on uplinks
@@ -207,7 +210,7 @@ def parse(doc: dict, path: str = "<config>") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(path, "pinning", "must be a table ([pinning])")
     _unknown(path, "pinning.", raw, _PINNING_KEYS)
-    mask = _int(path, "pinning.mark_mask", raw.get("mark_mask", 0x00FF0000), 1, 0xFFFFFFFF)
+    mask = _int(path, "pinning.mark_mask", raw.get("mark_mask", DEFAULT_MARK_MASK), 1, 0xFFFFFFFF)
     table_base = _int(path, "pinning.table_base", raw.get("table_base", 1000), 1, 0xFFFFFFFE)
     prio = _int(path, "pinning.rule_priority", raw.get("rule_priority", 10000), 1, 32765)
     sysctl = _bool(path, "pinning.sysctl", raw.get("sysctl", True))
