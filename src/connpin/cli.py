@@ -1,7 +1,8 @@
 """argv and environment -> calls -> exit codes. The only module that knows about them.
 
-Exit codes: 0 ok; 1 runtime failure (previous state kept); 2 bad config or usage;
-3 `status`: the kernel does not match the plan; 4 needs root.
+Exit codes: 0 ok; 1 runtime failure (previous state kept); 2 bad config or usage, or conflicts
+(`check`, `apply`); 3 `status`: the kernel does not match the plan or a conflict appeared;
+4 needs root (`check`: some part unreadable).
 """
 
 from __future__ import annotations

@@ -88,6 +88,7 @@ class Inventory:
     # inet table named pinning.nft_table: None absent, else its comment ("" when none)
     nft_table_comment: str | None = None
     owned_table: str | None = None  # the table the state file says connpin created
+    own_tables: tuple[str, ...] = ()  # inet tables carrying comment "connpin" (any name)
     unread: tuple[str, ...] = ()
 
 
@@ -209,9 +210,8 @@ def table_range(config: Config) -> range:
 
 
 def _own_write(w: MarkWrite, config: Config, inv: Inventory) -> bool:
-    if w.source == "nft":
-        return w.family == "inet" and w.table == config.pinning.nft_table and _owns_table(
-            config, inv)
+    if w.source == "nft":  # also a former table, after pinning.nft_table changed
+        return w.family == "inet" and (w.table in inv.own_tables or w.table == inv.owned_table)
     return w.chain.startswith("CONNPIN-")
 
 

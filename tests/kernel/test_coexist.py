@@ -172,3 +172,33 @@ def test_foreign_rule_in_the_band_and_route_in_the_range_survive_apply_and_remov
         assert foreign() == there, "remove took only connpin's own rules and routes"
         rules = lab.exec("router", ["ip", "rule"]).stdout
         assert "proto 201" not in rules, rules
+
+
+def test_iptables_nft_remove_restores_the_nft_ruleset_exactly(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONNPIN_IPTABLES", "iptables-nft")
+    with Lab(uplinks=("ppp", "ppp")) as lab:
+        lab.write_config(lab.default_config(masquerade=True, backend="iptables"))
+        lab.uplink_up(1)
+        lab.uplink_up(2)
+        before = lab.exec("router", ["nft", "list", "ruleset"]).stdout
+        assert "table ip mangle" not in before and "table ip nat" not in before
+        lab.connpin("apply")
+        applied = lab.exec("router", ["nft", "list", "ruleset"]).stdout
+        for table in ("table ip mangle", "table ip6 mangle", "table ip nat"):
+            assert table in applied, table
+        lab.connpin("remove")
+        assert lab.exec("router", ["nft", "list", "ruleset"]).stdout == before
+
+
+def test_iptables_nft_remove_keeps_tables_that_existed_before(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONNPIN_IPTABLES", "iptables-nft")
+    with Lab(uplinks=("ppp", "ppp")) as lab:
+        lab.write_config(lab.default_config(masquerade=True, backend="iptables"))
+        lab.exec("router", ["iptables-nft", "-t", "mangle", "-N", "USERCHAIN"])
+        lab.uplink_up(1)
+        before = lab.exec("router", ["nft", "list", "ruleset"]).stdout
+        lab.connpin("apply")
+        lab.connpin("remove")
+        assert lab.exec("router", ["nft", "list", "ruleset"]).stdout == before

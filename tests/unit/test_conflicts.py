@@ -137,8 +137,11 @@ def test_connpins_own_table_rules_and_routes_are_not_conflicts() -> None:
         tuple(C.nft_writes({"nftables": MIXED_NFT["nftables"][5:]})),
         (C.IpRule(4, 10003, "lookup", 1100, 0x1000000, 0xFF000000, protocol=C.OWNER_PROTO),),
         (C.IpRoute(4, 1100, "default", "ppp0", C.OWNER_PROTO),),
-        nft_table_comment="connpin")
+        nft_table_comment="connpin", own_tables=("connpin",))
     assert C.conflicts(cfg(), own) == []
+    # a former table of connpin's (pinning.nft_table changed) is still its own
+    former = C.Inventory(own.writes, owned_table="connpin")
+    assert C.conflicts(cfg('nft_table = "pins"'), former) == []
     ipt = C.Inventory(tuple(w for w in C.iptables_writes(IPT_SAVE, "iptables-nft", "ip")
                             if w.chain == "CONNPIN-PRE"))
     assert C.conflicts(cfg(), ipt) == []

@@ -36,6 +36,10 @@ def _run(argv: list[str]) -> tuple[int, str, str]:
     return p.returncode, p.stdout, p.stderr
 
 
+def _oneline(text: str) -> str:
+    return "; ".join(ln.strip() for ln in text.splitlines() if ln.strip())
+
+
 def _iptables(unread: list[str]) -> tuple[list[C.MarkWrite], set[tuple[str, str]]]:
     """Mark writes of both flavours, and the nft (family, table)s iptables-nft manages (the nft
     listing skips them: iptables-nft-save shows them in the user's own words)."""
@@ -48,7 +52,7 @@ def _iptables(unread: list[str]) -> tuple[list[C.MarkWrite], set[tuple[str, str]
                 continue
             rc, out, err = _run([exe])
             if rc != 0:
-                unread.append(f"{base}-{flavour}-save: {err.strip() or f'exit {rc}'}")
+                unread.append(f"{base}-{flavour}-save: {_oneline(err) or f'exit {rc}'}")
                 continue
             writes += C.iptables_writes(out, f"iptables-{flavour}", family)
             if flavour == "nft":
@@ -57,28 +61,28 @@ def _iptables(unread: list[str]) -> tuple[list[C.MarkWrite], set[tuple[str, str]
 
 
 def _nft(config: Config, skip: set[tuple[str, str]],
-         unread: list[str]) -> tuple[list[C.MarkWrite], str | None]:
-    """nft mark writes, and the comment of `table inet <nft_table>` (None: no such table)."""
+         unread: list[str]) -> tuple[list[C.MarkWrite], str | None, tuple[str, ...]]:
+    """nft mark writes, the comment of `table inet <nft_table>` (None: no such table), and the
+    inet tables that carry connpin's comment."""
     if not nftool.available():
-        return [], None
+        return [], None, ()
     exe = nftool._nft()
     rc, out, err = _run([exe, "-j", "list", "ruleset"])
     if rc != 0:
-        unread.append(f"nft list ruleset: {err.strip() or f'exit {rc}'}")
-        return [], None
+        unread.append(f"nft list ruleset: {_oneline(err) or f'exit {rc}'}")
+        return [], None, ()
     try:
         doc = json.loads(out or "{}")
     except ValueError:
         unread.append("nft list ruleset: unreadable JSON")
-        return [], None
+        return [], None, ()
     writes = C.nft_writes(doc, skip)
-    name = config.pinning.nft_table
-    present = any(isinstance(o, dict) and o.get("table", {}).get("family") == "inet" and
-                  o["table"].get("name") == name for o in doc.get("nftables", []))
-    if not present:
-        return writes, None
-    # nft 1.0.6 leaves table comments out of its JSON: read the table's own listing
-    return writes, table_comment(exe, name)
+    inet = [o["table"]["name"] for o in doc.get("nftables", []) if isinstance(o, dict) and
+            o.get("table", {}).get("family") == "inet"]
+    # nft 1.0.6 leaves table comments out of its JSON: read each inet table's own listing
+    comments = {name: table_comment(exe, name) for name in inet}
+    own = tuple(n for n, c in comments.items() if c == C.OWNER_COMMENT)
+    return writes, comments.get(config.pinning.nft_table), own
 
 
 def table_comment(exe: str, name: str) -> str:
@@ -146,11 +150,11 @@ def take(config: Config) -> C.Inventory:
     """Everything conflicts() needs, listed from this namespace."""
     unread: list[str] = []
     ipt_writes, managed = _iptables(unread)
-    nft_writes, comment = _nft(config, managed, unread)
+    nft_writes, comment, own = _nft(config, managed, unread)
     rules, routes = _rules_routes(config)
     try:
         owned = state.load().get("slice", {}).get("nft_table")
     except OSError:  # not root: the state directory is private
         owned = None
     return C.Inventory(tuple(nft_writes + ipt_writes), tuple(rules), tuple(routes), comment,
-                       owned, tuple(unread))
+                       owned, own, tuple(unread))

@@ -136,7 +136,13 @@ class Kernel:
             nftool.run(nft.transaction(step.op, step.obj))
             self.state["nft"] = {}  # re-recorded by committed()
         elif step.kind == "iptables":
+            from connpin.kernel import ipt_tables  # tables connpin created (iptables-nft)
+
+            if step.obj is not None and "ipt_created" not in self.state:
+                self.state["ipt_created"] = ipt_tables.absent(self._families)
             ipt.apply(step.obj, self._families)
+            if step.obj is None:
+                ipt_tables.drop_empty(self.state.pop("ipt_created", []))
             self.state["nft"] = {}
         elif step.kind == "rule":
             self.netlink.rule(step.op, step.obj)
