@@ -1,7 +1,8 @@
 """argv and environment -> calls -> exit codes. The only module that knows about them.
 
-Exit codes: 0 ok; 1 runtime failure (previous state kept); 2 bad config or usage;
-3 `status`: the kernel does not match the plan; 4 needs root.
+Exit codes: 0 ok; 1 runtime failure (previous state kept); 2 bad config or usage, or conflicts
+(`check`, `apply`); 3 `status`: the kernel does not match the plan or a conflict appeared;
+4 needs root (`check`: some part unreadable).
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
         sp = add(verb, help=f"hook entry: interface IFACE {what}")
         sp.add_argument("iface", metavar="IFACE")
     sp = add("status", help="what is pinned where; exit 3 when the kernel differs")
+    sp.add_argument("--json", action="store_true")
+    sp = add("check", help="what on this machine collides with connpin's mark bits, rule "
+             "priorities, tables (read-only); exit 2 on conflicts")
     sp.add_argument("--json", action="store_true")
     sp = add("connections", help="the connections pinned to each uplink (like conntrack -L)")
     sp.add_argument("uplink", nargs="?", metavar="UPLINK", help="uplink name or interface")
@@ -165,7 +169,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         imagined = reconcile.Imagined(nft=nftool.available())
         return _plan(config, reconcile.run(config, imagined, effects=False), args)
-    _need_root(args.command)
+    if args.command != "check":  # check lists what it can without root
+        _need_root(args.command)
     if args.netns:
         from connpin.kernel import netns
 
@@ -175,6 +180,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise Usage(str(e)) from None
     if args.command == "status":
         return _status(config, args)
+    if args.command == "check":
+        return _check(config, args)
+    if args.command == "apply" and (refused := _conflicts(config, blocking=True)):
+        for c in refused:
+            print(f"connpin apply: conflict: {c}", file=sys.stderr)
+        print("connpin apply: nothing changed (see `connpin check`, docs/coexistence.md)",
+              file=sys.stderr)
+        return EXIT_CONFIG
     if args.command in ("connections", "flush"):
         from connpin import pinned_cli
 
@@ -199,6 +212,14 @@ def _change(config: model.Config, args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd == "plan":
         return _plan(config, engine.observe(config), args)
+    if cmd in ("up", "down", "remove") and config.pinning.backend != "iptables":
+        from connpin.kernel import inventory
+
+        if inventory.foreign_table(config):
+            print(f"connpin {cmd}: conflict: nft table inet {config.pinning.nft_table} was not "
+                  "created by connpin; nothing changed (choose another pinning.nft_table)",
+                  file=sys.stderr)
+            return EXIT_CONFIG
     going_down = frozenset({args.iface}) if cmd == "down" else frozenset()
     out = engine.converge(config, going_down=going_down, remove=cmd == "remove")
     result, left, ms = out.result, out.left, out.ms
@@ -282,11 +303,42 @@ def _status(config: model.Config, args: argparse.Namespace) -> int:
     pinned = {c.interface: (c.connections, c.bytes)
               for c in pins.counts(config, result.desired.uplinks)}
     report = render_status.build(config, result, pinned)
+    found = _conflicts(config)  # e.g. another tool started after connpin
+    report["conflicts"] = [c.as_dict() for c in found]
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         sys.stdout.write(render_status.text(report))
-    return 0 if report["in_place"] else EXIT_DRIFT
+        for c in found:
+            print(f"conflict: {c}")
+    return 0 if report["in_place"] and not any(not c.allowed for c in found) else EXIT_DRIFT
+
+
+def _conflicts(config: model.Config, blocking: bool = False) -> list[Any]:
+    from connpin import conflicts
+    from connpin.kernel import inventory
+
+    found = conflicts.conflicts(config, inventory.take(config))
+    return conflicts.blocking(found) if blocking else found
+
+
+def _check(config: model.Config, args: argparse.Namespace) -> int:
+    from connpin import conflicts
+    from connpin.kernel import inventory
+
+    report = conflicts.report(config, inventory.take(config))
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        for line in report.lines():
+            print(line)
+        if not report.found and not report.unread:
+            print(f"connpin check: no conflicts with mark_mask {config.pinning.mark_mask:#010x}, "
+                  f"rule priorities {config.pinning.rule_priority}.., tables "
+                  f"{config.pinning.table_base}..")
+    if conflicts.blocking(report.found):
+        return EXIT_CONFIG
+    return EXIT_ROOT if report.unread else 0
 
 
 def _hooks(args: argparse.Namespace) -> int:

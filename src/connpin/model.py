@@ -28,6 +28,9 @@ RULE_BAND = 1024
 MAX_INTERFACES = (RULE_BAND - 4) // 2
 #: Routing tables the kernel reserves: unspec, default, main, local.
 RESERVED_TABLES = frozenset({0, 253, 254, 255})
+#: The default pinning.mark_mask: the top byte, which no well-known mark user on routers touches
+#: (Tailscale holds 0x00ff0000, mwan3 0x3f00, kube-proxy 0xc000; docs/coexistence.md).
+DEFAULT_MARK_MASK = 0xFF000000
 #: ip rule priorities that are the kernel's defaults (local, main, default).
 RESERVED_PRIORITIES = frozenset({0, 32766, 32767})
 
@@ -112,7 +115,7 @@ class Uplink:
 class Pinning:
     """The slice of the machine connpin owns, and how it behaves."""
 
-    mark_mask: int = 0x00FF0000
+    mark_mask: int = DEFAULT_MARK_MASK
     table_base: int = 1000
     rule_priority: int = 10000
     sysctl: bool = True  # set rp_filter loose and src_valid_mark on uplinks
@@ -120,6 +123,7 @@ class Pinning:
     failback: str = "keep"  # keep | flush | flush-idle (default for every uplink)
     failback_idle: int = 30  # seconds, for flush-idle
     backend: str = "nftables"  # nftables | iptables | auto (iptables when nft is missing)
+    allow_shared_bits: int = 0  # mark bits others may write/match too (docs/coexistence.md)
 
     @property
     def rule_range(self) -> range:
@@ -267,7 +271,8 @@ def parse(doc: dict, path: str = "<config>") -> Config:
     failback = _choice(path, "pinning.failback", get("failback"), FAILBACK)
     idle = _int(path, "pinning.failback_idle", get("failback_idle"), 1, 86400 * 7)
     backend = _choice(path, "pinning.backend", get("backend"), BACKENDS)
-    pinning = Pinning(mask, table_base, prio, sysctl, nft_table, failback, idle, backend)
+    shared = _int(path, "pinning.allow_shared_bits", get("allow_shared_bits"), 0, 0xFFFFFFFF)
+    pinning = Pinning(mask, table_base, prio, sysctl, nft_table, failback, idle, backend, shared)
 
     raws = doc.get("uplink", [])
     if not isinstance(raws, list):

@@ -59,7 +59,7 @@ def ct_insert(lab: Lab, n: int, mark: int, idle: int = 0) -> None:
         "-m", f"{mark:#x}"])
 
 
-def ct_idle(lab: Lab, mark: int, mask: int = 0x00FF0000) -> list[int]:
+def ct_idle(lab: Lab, mark: int, mask: int = 0xFF000000) -> list[int]:
     """Seconds each matching TCP entry has been idle, as the conntrack tool shows it (whole
     seconds: the established timeout minus the time left)."""
     return [FULL - int(ln.split()[2]) for ln in ct_list(lab, mark, mask) if ln.startswith("tcp")]
@@ -81,7 +81,7 @@ def test_status_counts_and_connections_listing() -> None:
         assert all(u["bytes"] > 0 for u in report["uplinks"]), "accounting is on"
         assert "pinned" in lab.connpin("status").stdout.splitlines()[0]
         m = marks(lab)
-        assert len(ct_list(lab, m["isp1"], 0x00FF0000)) == 2
+        assert len(ct_list(lab, m["isp1"], 0xFF000000)) == 2
         groups = json.loads(lab.connpin("connections", "--json").stdout)
         by = {g["uplink"]: g["connections"] for g in groups}
         assert [c["direction"] for c in by["isp2"]] == ["in", "in"], "forwarded, to the router"
@@ -102,12 +102,12 @@ def test_flush_removes_exactly_that_uplinks_entries_whatever_the_other_bits() ->
         lab.uplink_up(1)
         lab.uplink_up(2)
         m = marks(lab)
-        for n, mark in enumerate((m["isp1"], m["isp1"] | 0x1, m["isp2"], m["isp2"] | 0x80000001,
-                                  m["isp2"] | 0x1, 0x1, 0x0, 0x80000000, m["isp1"] | m["isp2"]),
+        for n, mark in enumerate((m["isp1"], m["isp1"] | 0x1, m["isp2"], m["isp2"] | 0x00800001,
+                                  m["isp2"] | 0x1, 0x1, 0x0, 0x00800000, m["isp1"] | m["isp2"]),
                                  1):
             ct_insert(lab, n, mark)
         before = ct_entries(lab)
-        isp2 = ct_entries(lab, m["isp2"], 0x00FF0000)
+        isp2 = ct_entries(lab, m["isp2"], 0xFF000000)
         assert len(isp2) == 3
         dry = lab.connpin("flush", "isp2", "--dry-run").stdout
         assert "would flush 3 of 3" in dry and ct_entries(lab) == before
@@ -125,7 +125,7 @@ def test_flush_idle_only_takes_connections_idle_that_long() -> None:
             ct_insert(lab, n, m["isp2"], idle=idle)
         out = lab.connpin("flush", "ppp1", "--idle", "60").stdout
         assert "flushed 2 of 4" in out
-        left = ct_list(lab, m["isp2"], 0x00FF0000)
+        left = ct_list(lab, m["isp2"], 0xFF000000)
         assert sorted(ln.split("sport=")[1].split()[0] for ln in left) == ["20001", "20004"]
 
 
@@ -196,7 +196,7 @@ def test_failback_flush_idle_moves_idle_connections_now_and_busy_ones_once_idle(
             wait_for(lambda: idle.rounds >= 1, 5.0, "the idle connection's one round trip")
 
             def pinned() -> int:
-                return len(ct_list(lab, m["isp2"], 0x00FF0000))
+                return len(ct_list(lab, m["isp2"], 0xFF000000))
 
             wait_for(lambda: pinned() == 2, 5.0, "both connections pinned to isp2")
             # the idle one must have been idle longer than failback_idle, as the kernel counts
@@ -230,9 +230,9 @@ def test_on_down_for_connections_the_kernel_keeps(on_down: str) -> None:
             conn.sendall(b"hello\n")
             conn.settimeout(2.0)
             assert conn.recv(100)
-            assert len(ct_list(lab, m["isp2"], 0x00FF0000)) == 1
+            assert len(ct_list(lab, m["isp2"], 0xFF000000)) == 1
             lab.uplink_down(2)
-            left = len(ct_list(lab, m["isp2"], 0x00FF0000))
+            left = len(ct_list(lab, m["isp2"], 0xFF000000))
             assert left == (1 if on_down == "keep" else 0)
         finally:
             conn.close()

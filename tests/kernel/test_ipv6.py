@@ -192,17 +192,17 @@ table inet observe {
     chain pre {
         type filter hook prerouting priority 0; policy accept;
         icmpv6 type @nd_types counter name nd
-        icmpv6 type @nd_types meta mark and 0x00ff0000 != 0 counter name nd_marked
-        meta nfproto ipv6 meta l4proto tcp meta mark and 0x00ff0000 != 0 counter name tcp_marked
+        icmpv6 type @nd_types meta mark and 0xff000000 != 0 counter name nd_marked
+        meta nfproto ipv6 meta l4proto tcp meta mark and 0xff000000 != 0 counter name tcp_marked
     }
     chain out {
         type filter hook output priority 0; policy accept;
         icmpv6 type @nd_types counter name nd
-        icmpv6 type @nd_types meta mark and 0x00ff0000 != 0 counter name nd_marked
+        icmpv6 type @nd_types meta mark and 0xff000000 != 0 counter name nd_marked
     }
     chain post {
         type filter hook postrouting priority 0; policy accept;
-        icmpv6 type @nd_types meta mark and 0x00ff0000 != 0 counter name nd_marked
+        icmpv6 type @nd_types meta mark and 0xff000000 != 0 counter name nd_marked
     }
 }
 """
@@ -245,7 +245,7 @@ def test_v6_neighbour_discovery_is_never_pinned() -> None:
         ct = lab.exec("router", ["conntrack", "-L", "-f", "ipv6", "-p", "icmpv6"],
                       check=False).stdout
         assert not [ln for ln in ct.splitlines() if "type=13" in ln and "mark=" in ln
-                    and int(ln.split("mark=")[1].split()[0]) & 0x00FF0000], ct
+                    and int(ln.split("mark=")[1].split()[0]) & 0xFF000000], ct
 
 
 def _snapshot6(lab: Lab) -> dict[str, str]:

@@ -44,7 +44,7 @@ def test_plan_json(capsys, cfg) -> None:
     code, out, _ = run(capsys, "-c", cfg, "plan", "--json")
     doc = json.loads(out)
     assert code == 0 and doc["uplinks"][0]["interface"] == "ppp0"
-    assert doc["rules"][0] == "priority 10000 fwmark 0x0/0xff0000 goto 11023"
+    assert doc["rules"][0] == "priority 10000 fwmark 0x0/0xff000000 goto 11023"
 
 
 def test_config_from_environment(capsys, cfg, monkeypatch) -> None:

@@ -46,7 +46,7 @@ def test_up_uplinks_get_route_and_rule() -> None:
 
 def test_base_rules_skip_unmarked_keep_main_and_fail_closed() -> None:
     rules = [str(r) for r in D.compute(CFG, observed()).rules]
-    assert rules[0] == "priority 10000 fwmark 0x0/0xff0000 goto 11023"
+    assert rules[0] == "priority 10000 fwmark 0x0/0xff000000 goto 11023"
     assert rules[1] == "priority 10001 lookup main suppress_prefixlength 0"
     assert rules[-2:] == ["priority 11022 unreachable", "priority 11023 nop"]
 

@@ -41,8 +41,8 @@ def test_per_packet_cost_does_not_grow_with_uplinks(family: int) -> None:
     # established packets: the NEW test and one masked restore
     pre = [ln for ln in chain(big, "CONNPIN-PRE") if "RETURN" not in ln]
     assert pre == ["-A CONNPIN-PRE -m conntrack --ctstate NEW -j CONNPIN-IN-NEW",
-                   "-A CONNPIN-PRE -j CONNMARK --restore-mark --nfmask 0xff0000 "
-                   "--ctmask 0xff0000"]
+                   "-A CONNPIN-PRE -j CONNMARK --restore-mark --nfmask 0xff000000 "
+                   "--ctmask 0xff000000"]
     # a new connection: one rule per uplink, one jump to that uplink's chain
     assert len(chain(big, "CONNPIN-IN-NEW")) == len(chain(big, "CONNPIN-OUT-NEW")) == 8
     assert big.count("-I PREROUTING 1 -j CONNPIN-PRE") == 1

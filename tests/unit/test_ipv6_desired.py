@@ -140,7 +140,7 @@ def test_ruleset_pins_ipv6_but_never_nd_link_local_or_multicast() -> None:
 def test_plan_and_status_show_both_families() -> None:
     result = reconcile.run(CFG, reconcile.Imagined(), effects=False)
     txt = plan.text(CFG, result, live=False)
-    assert "ip -6 rule add priority 10000 fwmark 0x0/0xff0000 goto 11023" in txt
+    assert "ip -6 rule add priority 10000 fwmark 0x0/0xff000000 goto 11023" in txt
     assert "ip -6 route add default via <auto> dev eth1" in txt
     assert "ip -6 route add default via fe80::1 dev eth2" in txt
     d = plan.as_dict(CFG, result, live=False)

@@ -23,7 +23,7 @@ def err(text: str) -> str:
 
 def test_defaults() -> None:
     c = model.loads(GOOD)
-    assert c.pinning.mark_mask == 0x00FF0000
+    assert c.pinning.mark_mask == model.DEFAULT_MARK_MASK == 0xFF000000
     assert c.pinning.table_base == 1000
     assert c.pinning.rule_priority == 10000
     assert c.uplinks[0].gateway is None and c.uplinks[0].masquerade is False
@@ -60,7 +60,7 @@ def test_empty_config_is_valid() -> None:
     ("[pinning]\ntable_base = 200\n", "pinning.table_base", "reserved"),
     ("[pinning]\nrule_priority = 32760\n", "pinning.rule_priority", "default rules"),
     (GOOD.replace('"ppp0"', '"ppp0"\nmark = 0x100'), "mark", "outside pinning.mark_mask"),
-    ('[[uplink]]\nname = "a"\ninterface = "ppp*"\nmark = 0x10000\n', "mark", "pattern"),
+    ('[[uplink]]\nname = "a"\ninterface = "ppp*"\nmark = 0x1000000\n', "mark", "pattern"),
     ("[[uplink]\n", "", "invalid TOML"),
     ('[pinning]\nfailback = "sometimes"\n', "pinning.failback", '"keep", "flush", "flush-idle"'),
     ("[pinning]\nfailback_idle = 0\n", "pinning.failback_idle", "out of range"),
@@ -75,10 +75,10 @@ def test_bad_configs(text: str, field: str, words: str) -> None:
 
 
 def test_colliding_marks_are_refused_with_a_hint() -> None:
-    text = ('[[uplink]]\nname = "a"\ninterface = "ppp0"\nmark = 0x10000\n'
-            '[[uplink]]\nname = "b"\ninterface = "ppp1"\nmark = 0x10000\n')
+    text = ('[[uplink]]\nname = "a"\ninterface = "ppp0"\nmark = 0x1000000\n'
+            '[[uplink]]\nname = "b"\ninterface = "ppp1"\nmark = 0x1000000\n')
     msg = err(text)
-    assert "'a' and 'b' both get mark 0x00010000" in msg
+    assert "'a' and 'b' both get mark 0x01000000" in msg
     assert "set mark = " in msg
 
 

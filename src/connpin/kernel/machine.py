@@ -146,7 +146,13 @@ class Kernel:
         faults.point()  # CONNPIN_FAULT: the crash-safety tests die here
         match step:
             case Ruleset(backend="iptables"):
+                from connpin.kernel import ipt_tables  # tables connpin created (iptables-nft)
+
+                if step.text is not None and "ipt_created" not in self.state:
+                    self.state["ipt_created"] = ipt_tables.absent(self._families)
                 ipt.apply(step.text, self._families)
+                if step.text is None:
+                    ipt_tables.drop_empty(self.state.pop("ipt_created", []))
                 self.state["nft"] = {}  # re-recorded by committed()
             case Ruleset():
                 nftool.run(nft.transaction(step.table, step.text))

@@ -8,6 +8,7 @@ import socket
 from pyroute2.iproute import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from connpin.conflicts import OWNER_PROTO
 from connpin.const import IFF_UP, MAIN_TABLE
 from connpin.values import Link, Route, Rule
 
@@ -117,11 +118,12 @@ class Netlink:
         return tuple(sorted(out))
 
     def rules(self, *bands: range, families: tuple[int, ...] = (4,)) -> list[Rule]:
-        """Rules (of these families, 4 and/or 6) whose priority lies in one of `bands`."""
+        """connpin's rules (protocol OWNER_PROTO; of these families, 4 and/or 6) whose priority
+        lies in one of `bands`. Others' rules in the band are never connpin's to change."""
         out = []
         for r in (r for f in families for r in self.ipr.get_rules(family=_AF[f])):
             prio = r.get_attr("FRA_PRIORITY") or 0
-            if not any(prio in band for band in bands):
+            if not any(prio in band for band in bands) or r.get_attr("FRA_PROTOCOL") != OWNER_PROTO:
                 continue
             mask = r.get_attr("FRA_FWMASK")
             mark = r.get_attr("FRA_FWMARK")
@@ -149,7 +151,7 @@ class Netlink:
             rows = (dump if f == 4 else dump6)
             for r in self.route_dump(f) if rows is None else rows:
                 table = r.get_attr("RTA_TABLE") or r["table"]
-                if not any(table in t for t in tables):
+                if not any(table in t for t in tables) or r["proto"] != OWNER_PROTO:
                     continue
                 dst = r.get_attr("RTA_DST")
                 out.append(Route(table, self._name(r.get_attr("RTA_OIF")),
@@ -167,7 +169,7 @@ class Netlink:
 
     def rule(self, op: str, rule: Rule) -> None:
         kw: dict = {"priority": rule.priority, "action": _ACTION_IDS[rule.action],
-                    "family": _AF[rule.family]}
+                    "family": _AF[rule.family], "protocol": OWNER_PROTO}
         if rule.action == "lookup":
             kw["table"] = rule.table
         if rule.fwmark is not None:
@@ -188,14 +190,15 @@ class Netlink:
         index = self._index(route.oif, op)
         v6 = route.family == 6
         if op == "del" and route.dst != "default":
-            kw: dict = {"dst": route.dst, "table": route.table, "family": _AF[route.family]}
+            kw: dict = {"dst": route.dst, "table": route.table, "family": _AF[route.family],
+                        "proto": OWNER_PROTO}
             if not v6:
                 kw["scope"] = RT_SCOPE_NOWHERE
         else:
             if not index and op != "del":
                 raise NetlinkFailure(f"{route.ip} route {op} {route}: no interface {route.oif}")
             kw = {"dst": "::/0" if v6 else "0.0.0.0/0", "table": route.table,
-                  "family": _AF[route.family]}
+                  "family": _AF[route.family], "proto": OWNER_PROTO}
             if index:
                 kw["oif"] = index[0]
             if route.gateway:

@@ -47,7 +47,7 @@ def body(config: Config, uplinks: Sequence[UplinkState]) -> str:
     masq = sorted({u.interface for u in uplinks if u.masquerade})
     masq6 = sorted({u.interface for u in uplinks if u.masquerade6})
     npt = [u for u in uplinks if u.nptv6]
-    out = [f"table inet {name} {{"]
+    out = [f"table inet {name} {{", "\tcomment \"connpin\"\n"]  # ownership
     out.append("\t# interface of a new connection -> its uplink's pin chain")
     out.append("\tmap uplink_by_iface {\n\t\ttype ifname : verdict")
     if ifmap:

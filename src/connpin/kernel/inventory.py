@@ -1,0 +1,160 @@
+"""Lists what other software put into this namespace's kernel, for conflicts.conflicts() to judge:
+the nft ruleset (`nft -j list ruleset`), iptables rules of both flavours (iptables-nft-save and
+iptables-legacy-save, IPv4 and IPv6), ip rules (all) and routes of connpin's table range
+(pyroute2). Decides nothing; a part it cannot read is named in `unread`, never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+
+from connpin import conflicts as C
+from connpin.kernel import nft as nftool
+from connpin.kernel import state
+from connpin.model import Config
+
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+_ACTIONS = {1: "lookup", 2: "goto", 3: "nop", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
+FIB_RULE_INVERT = 0x2
+SBIN = ("/usr/sbin", "/sbin")
+
+
+def _tool(name: str) -> str | None:
+    return shutil.which(name) or next(
+        (p for d in SBIN if os.access(p := os.path.join(d, name), os.X_OK)), None)
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    try:
+        p = subprocess.run(argv, text=True, capture_output=True, timeout=30)
+    except OSError as e:
+        return 127, "", str(e)
+    return p.returncode, p.stdout, p.stderr
+
+
+def _oneline(text: str) -> str:
+    return "; ".join(ln.strip() for ln in text.splitlines() if ln.strip())
+
+
+def _iptables(unread: list[str]) -> tuple[list[C.MarkWrite], set[tuple[str, str]]]:
+    """Mark writes of both flavours, and the nft (family, table)s iptables-nft manages (the nft
+    listing skips them: iptables-nft-save shows them in the user's own words)."""
+    writes: list[C.MarkWrite] = []
+    managed: set[tuple[str, str]] = set()
+    for flavour in ("nft", "legacy"):
+        for family, base in (("ip", "iptables"), ("ip6", "ip6tables")):
+            exe = _tool(f"{base}-{flavour}-save")
+            if exe is None:
+                continue
+            rc, out, err = _run([exe])
+            if rc != 0:
+                unread.append(f"{base}-{flavour}-save: {_oneline(err) or f'exit {rc}'}")
+                continue
+            writes += C.iptables_writes(out, f"iptables-{flavour}", family)
+            if flavour == "nft":
+                managed |= {(family, t) for t in C.iptables_tables(out)}
+    return writes, managed
+
+
+def _nft(config: Config, skip: set[tuple[str, str]],
+         unread: list[str]) -> tuple[list[C.MarkWrite], str | None, tuple[str, ...]]:
+    """nft mark writes, the comment of `table inet <nft_table>` (None: no such table), and the
+    inet tables that carry connpin's comment."""
+    if not nftool.available():
+        return [], None, ()
+    exe = nftool._nft()
+    rc, out, err = _run([exe, "-j", "list", "ruleset"])
+    if rc != 0:
+        unread.append(f"nft list ruleset: {_oneline(err) or f'exit {rc}'}")
+        return [], None, ()
+    try:
+        doc = json.loads(out or "{}")
+    except ValueError:
+        unread.append("nft list ruleset: unreadable JSON")
+        return [], None, ()
+    writes = C.nft_writes(doc, skip)
+    inet = [o["table"]["name"] for o in doc.get("nftables", []) if isinstance(o, dict) and
+            o.get("table", {}).get("family") == "inet"]
+    # nft 1.0.6 leaves table comments out of its JSON: read each inet table's own listing
+    comments = {name: table_comment(exe, name) for name in inet}
+    own = tuple(n for n, c in comments.items() if c == C.OWNER_COMMENT)
+    return writes, comments.get(config.pinning.nft_table), own
+
+
+def table_comment(exe: str, name: str) -> str:
+    """The comment of `table inet <name>` ("" when it has none)."""
+    rc, text, err = _run([exe, "list", "table", "inet", name])
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("comment "):
+            return line[len("comment "):].strip().strip('"')
+        if line.startswith(("chain ", "map ", "set ")):
+            break
+    return ""
+
+
+def foreign_table(config: Config) -> bool:
+    """Whether `table inet <nft_table>` exists and is not connpin's (cheap on the usual path:
+    the state file names the table connpin created)."""
+    name = config.pinning.nft_table
+    try:
+        if state.load().get("slice", {}).get("nft_table") == name:
+            return False
+    except OSError:
+        pass
+    if not nftool.available() or nftool.listing("inet", name) is None:
+        return False
+    return table_comment(nftool._nft(), name) != C.OWNER_COMMENT
+
+
+def _rules_routes(config: Config) -> tuple[list[C.IpRule], list[C.IpRoute]]:
+    from pyroute2.iproute import IPRoute
+
+    tables = C.table_range(config)
+    rules: list[C.IpRule] = []
+    routes: list[C.IpRoute] = []
+    families = (4, 6) if os.path.isdir("/proc/sys/net/ipv6") else (4,)
+    with IPRoute() as ipr:
+        names = {ln["index"]: ln.get_attr("IFLA_IFNAME") for ln in ipr.get_links()}
+        for f in families:
+            for r in ipr.get_rules(family=_AF[f]):
+                mask = r.get_attr("FRA_FWMASK")
+                mark = r.get_attr("FRA_FWMARK")
+                if mask is not None and mark is None:
+                    mark = 0
+                if mark is not None and mask is None:
+                    mask = C.ALL
+                action = _ACTIONS.get(r["action"], f"action{r['action']}")
+                rules.append(C.IpRule(
+                    family=f, priority=r.get_attr("FRA_PRIORITY") or 0, action=action,
+                    table=(r.get_attr("FRA_TABLE") or r["table"]) if action == "lookup" else None,
+                    fwmark=mark, fwmask=mask, invert=bool(r["flags"] & FIB_RULE_INVERT),
+                    protocol=r.get_attr("FRA_PROTOCOL") or 0))
+            for rt in ipr.route("dump", family=_AF[f]):
+                table = rt.get_attr("RTA_TABLE") or rt["table"]
+                if table not in tables:
+                    continue
+                dst = rt.get_attr("RTA_DST")
+                routes.append(C.IpRoute(
+                    family=f, table=table,
+                    dst="default" if not rt["dst_len"] else f"{dst}/{rt['dst_len']}",
+                    oif=names.get(rt.get_attr("RTA_OIF")), protocol=rt["proto"]))
+    return rules, routes
+
+
+def take(config: Config) -> C.Inventory:
+    """Everything conflicts() needs, listed from this namespace."""
+    unread: list[str] = []
+    ipt_writes, managed = _iptables(unread)
+    nft_writes, comment, own = _nft(config, managed, unread)
+    rules, routes = _rules_routes(config)
+    try:
+        owned = state.load().get("slice", {}).get("nft_table")
+    except OSError:  # not root: the state directory is private
+        owned = None
+    return C.Inventory(tuple(nft_writes + ipt_writes), tuple(rules), tuple(routes), comment,
+                       owned, own, tuple(unread))
