@@ -8,30 +8,24 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import subprocess
 
 from connpin import conflicts as C
 from connpin.kernel import nft as nftool
-from connpin.kernel import state
+from connpin.kernel import state, tools
 from connpin.model import Config
 
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 _ACTIONS = {1: "lookup", 2: "goto", 3: "nop", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
 FIB_RULE_INVERT = 0x2
-SBIN = ("/usr/sbin", "/sbin")
-
-
-def _tool(name: str) -> str | None:
-    return shutil.which(name) or next(
-        (p for d in SBIN if os.access(p := os.path.join(d, name), os.X_OK)), None)
 
 
 def _run(argv: list[str]) -> tuple[int, str, str]:
+    """Run a listing tool through the one runner (found there, with its timeout); a tool that
+    cannot run or times out is an unreadable part, not an error."""
     try:
-        p = subprocess.run(argv, text=True, capture_output=True, timeout=30)
-    except OSError as e:
+        p = tools.run(argv)
+    except tools.ToolFailure as e:
         return 127, "", str(e)
     return p.returncode, p.stdout, p.stderr
 
@@ -47,8 +41,8 @@ def _iptables(unread: list[str]) -> tuple[list[C.MarkWrite], set[tuple[str, str]
     managed: set[tuple[str, str]] = set()
     for flavour in ("nft", "legacy"):
         for family, base in (("ip", "iptables"), ("ip6", "ip6tables")):
-            exe = _tool(f"{base}-{flavour}-save")
-            if exe is None:
+            exe = f"{base}-{flavour}-save"
+            if not tools.exists(exe):
                 continue
             rc, out, err = _run([exe])
             if rc != 0:
@@ -66,8 +60,7 @@ def _nft(config: Config, skip: set[tuple[str, str]],
     inet tables that carry connpin's comment."""
     if not nftool.available():
         return [], None, ()
-    exe = nftool._nft()
-    rc, out, err = _run([exe, "-j", "list", "ruleset"])
+    rc, out, err = _run(["nft", "-j", "list", "ruleset"])
     if rc != 0:
         unread.append(f"nft list ruleset: {_oneline(err) or f'exit {rc}'}")
         return [], None, ()
@@ -80,14 +73,14 @@ def _nft(config: Config, skip: set[tuple[str, str]],
     inet = [o["table"]["name"] for o in doc.get("nftables", []) if isinstance(o, dict) and
             o.get("table", {}).get("family") == "inet"]
     # nft 1.0.6 leaves table comments out of its JSON: read each inet table's own listing
-    comments = {name: table_comment(exe, name) for name in inet}
+    comments = {name: table_comment(name) for name in inet}
     own = tuple(n for n, c in comments.items() if c == C.OWNER_COMMENT)
     return writes, comments.get(config.pinning.nft_table), own
 
 
-def table_comment(exe: str, name: str) -> str:
+def table_comment(name: str) -> str:
     """The comment of `table inet <name>` ("" when it has none)."""
-    rc, text, err = _run([exe, "list", "table", "inet", name])
+    rc, text, err = _run(["nft", "list", "table", "inet", name])
     for line in text.splitlines():
         line = line.strip()
         if line.startswith("comment "):
@@ -108,7 +101,7 @@ def foreign_table(config: Config) -> bool:
         pass
     if not nftool.available() or nftool.listing("inet", name) is None:
         return False
-    return table_comment(nftool._nft(), name) != C.OWNER_COMMENT
+    return table_comment(name) != C.OWNER_COMMENT
 
 
 def _rules_routes(config: Config) -> tuple[list[C.IpRule], list[C.IpRoute]]:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 from connpin.kernel import iptables as ipt
 from connpin.kernel import nft as nftool
+from connpin.kernel import tools
 
 #: connpin's iptables tables and the base chains iptables-nft may add to them
 TABLES = {"mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
@@ -34,14 +34,18 @@ def nft_flavour() -> bool:
         return False
     if "nft" in os.path.basename(exe) or "nft" in name:
         return True
-    p = subprocess.run([exe, "--version"], text=True, capture_output=True)
-    return "nf_tables" in p.stdout
+    try:
+        return "nf_tables" in tools.run([exe, "--version"]).stdout
+    except tools.ToolFailure:
+        return False
 
 
 def _objects(family: str, table: str) -> list[dict] | None:
     """`nft -j list table` objects, None when the table does not exist."""
-    p = subprocess.run([nftool._nft(), "-j", "list", "table", family, table], text=True,
-                       capture_output=True)
+    try:
+        p = tools.run(["nft", "-j", "list", "table", family, table])
+    except tools.ToolFailure:
+        return None
     if p.returncode != 0:
         return None
     try:
