@@ -294,16 +294,19 @@ class Prober:
 
     def poll(self, until: float) -> list[Result]:
         """Wait for answers until `until` (clock time) or until some result is ready; return
-        the results finished so far (answers and timeouts), oldest first."""
-        while not self._done:
+        the results finished so far (answers and timeouts), oldest first. Answers already
+        waiting in a socket are read before any timeout is declared, so a late caller does not
+        turn them into losses."""
+        while True:
+            now = self.clock()
+            nearest = min([until, *(p.deadline for p in self._pending)])
+            for key, _ in self._sel.select(max(0.0, nearest - now) if not self._done else 0):
+                what, obj = key.data
+                self._handle(what, obj)
             now = self.clock()
             self._expire(now)
             if self._done or now >= until:
                 break
-            nearest = min([until, *(p.deadline for p in self._pending)])
-            for key, _ in self._sel.select(max(0.0, nearest - now)):
-                what, obj = key.data
-                self._handle(what, obj)
         out, self._done = self._done, []
         out.sort(key=lambda r: r.done_at)
         return out
