@@ -48,6 +48,8 @@ EXTRA = ("203.0.113.11", "203.0.113.12")
 TARGETS3 = parse_all([f"icmp:{Lab.SERVER}", *(f"icmp:{a}" for a in EXTRA)])
 TARGET1 = TARGETS3[:1]
 PROFILES = ("connpin", "dpinger", "mwan3")
+#: seconds alive before the next blackhole (plus 0-2 s at random)
+SETTLE = {"connpin": 1.0, "dpinger": 62.0, "mwan3": 1.0}
 
 
 # -- other monitors' rules, as tracker-like objects -------------------------------------------
@@ -200,8 +202,11 @@ def via(lab: Lab, k: int) -> Via:
 
 
 # -- phases ---------------------------------------------------------------------------------------
-def detection(seconds: float) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Blackhole cycles, one ISP per monitor, in parallel: detection and recovery times."""
+def detection(seconds: float) -> tuple[dict[str, list[float]], dict[str, list[float]],
+                                       list[float]]:
+    """Blackhole cycles, one ISP per monitor, in parallel: detection and recovery times, and
+    how long each nft command took."""
+    nft_s: list[float] = []
     det: dict[str, list[float]] = {p: [] for p in PROFILES}
     rec: dict[str, list[float]] = {p: [] for p in PROFILES}
     with Lab(("ppp",) * len(PROFILES)) as lab:
@@ -214,20 +219,24 @@ def detection(seconds: float) -> tuple[dict[str, list[float]], dict[str, list[fl
 
         def cycle(k: int, prof: str) -> None:
             rng = random.Random(k)
-            after = 0
+            tracker = run.monitor.tracker_of(prof)
             while time.monotonic() < end:
                 with run.cond:
                     after = len(run.events)
-                if run.monitor.tracker_of(prof).state(prof) != ALIVE and \
-                        run.wait(prof, ALIVE, after, end + 120) is None:
+                if tracker.state(prof) != ALIVE and run.wait(prof, ALIVE, after, end + 120) is None:
                     return
-                time.sleep(1 + rng.random() * 2)
+                # settle so that the monitor starts from a clean slate: dpinger's 60 s window
+                # free of the previous losses, a random phase for the others
+                time.sleep(SETTLE[prof] + rng.random() * 2)
                 if time.monotonic() >= end:
                     return
                 with run.cond:
                     after = len(run.events)
+                if tracker.state(prof) != ALIVE:
+                    continue
                 t0 = time.monotonic()
                 faults.blackhole(lab, k)
+                nft_s.append(time.monotonic() - t0)
                 dead = run.wait(prof, DEAD, after, t0 + 180)
                 t1 = time.monotonic()
                 faults.clear(lab, k)
@@ -248,7 +257,7 @@ def detection(seconds: float) -> tuple[dict[str, list[float]], dict[str, list[fl
         for t in threads:
             t.join(seconds + 400)
         run.close()
-    return det, rec
+    return det, rec, nft_s
 
 
 def netem_available(lab: Lab) -> bool:
@@ -277,15 +286,17 @@ def soak(seconds: float) -> tuple[dict[str, int], dict[str, float], bool, int]:
         n0 = len(run.events)
         for k in lab.ks:
             faults.loss(lab, k, 10)
-        p0, t0 = run.prober.packets, time.monotonic()
+        p0, t0 = dict(run.prober.packets_by), time.monotonic()
         time.sleep(seconds)
         with run.cond:
             bad = [t for t in run.events[n0:] if t.new == DEAD]
-        rate = (run.prober.packets - p0) / (time.monotonic() - t0) / len(lab.ks)
+        took = time.monotonic() - t0
+        rates = {prof: sum(run.prober.packets_by[(prof, k)] - p0[(prof, k)] for k in lab.ks)
+                 / took / len(lab.ks) for prof in PROFILES}
         dropped = sum(faults.dropped(lab, k) for k in lab.ks)
         run.close()
     alarms = {p: sum(1 for t in bad if t.uplink[0] == p) for p in PROFILES}
-    return alarms, {"packets/s per uplink (all three monitors)": rate}, has_netem, dropped
+    return alarms, rates, has_netem, dropped
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -297,7 +308,7 @@ def main() -> int:
     args = C.parse_args(__doc__.split("\n\n")[0])
     det_s, soak_s = (90, 60) if args.quick else (420, 600)
     print(f"detection: blackhole cycles for {det_s} s ...", flush=True)
-    det, rec = detection(det_s)
+    det, rec, nft_s = detection(det_s)
     print(f"soak: 10% loss each way for {soak_s} s ...", flush=True)
     alarms, rates, has_netem, dropped = soak(soak_s)
 
@@ -310,19 +321,21 @@ def main() -> int:
         p99 = pct(d, 0.99) if d else float("nan")
         rows.append((prof, len(d), f"{p50:.2f}", f"{p99:.2f}", f"{max(d):.2f}" if d else "-",
                      f"{p50 / base50:.1f}x", f"{p99 / base99:.1f}x",
-                     f"{statistics.median(r):.1f}" if r else "-", alarms[prof]))
+                     f"{statistics.median(r):.1f}" if r else "-", alarms[prof],
+                     f"{rates[prof]:.2f}"))
         csv_rows += [(prof, "detect_s", f"{v:.3f}") for v in d]
         csv_rows += [(prof, "recover_s", f"{v:.3f}") for v in r]
         csv_rows.append((prof, "false_alarms", alarms[prof]))
     head = ("monitor", "events", "detect p50 s", "p99 s", "max s", "p50 vs connpin",
-            "p99 vs connpin", "recovery p50 s", f"false alarms ({soak_s // 60} min x 3 ISPs)")
+            "p99 vs connpin", "recovery p50 s", f"false alarms ({soak_s // 60} min x 3 ISPs)",
+            "packets/s per uplink (soak)")
     tab = C.table(head, rows)
     jitter = ("100 ms jitter: run with netem" if has_netem else
               "100 ms jitter: SKIPPED, this kernel has no netem (sch_netem); loss only")
+    nft50 = statistics.median(nft_s) if nft_s else float("nan")
     notes = (f"Soak: 10% random loss each way on 3 ISPs for {soak_s} s ({dropped} packets "
-             f"dropped), every monitor on every ISP; probe packets/s per uplink for all three "
-             f"monitors together: {rates['packets/s per uplink (all three monitors)']:.1f} "
-             f"(connpin alone: 10). {jitter}.")
+             f"dropped), every monitor on every ISP. Detection times include starting nft in "
+             f"the ISP's namespace (median {nft50 * 1000:.0f} ms). {jitter}.")
     print(tab)
     print(notes)
     C.write_csv(args.out, "health", ("monitor", "figure", "value"), csv_rows)

@@ -285,3 +285,19 @@ def test_no_false_alarm_at_10_percent_loss_each_way() -> None:
             s.round({t: rng.random() < 0.9 and rng.random() < 0.9 for t in targets},
                     rtt=0.01 + rng.random() * 0.1)
         assert [e.new for e in s.events] == [ALIVE], m
+
+
+def test_suspect_after_consecutive_losses_until_an_answer_or_dead() -> None:
+    tr = Tracker()
+    s = Sim(tr)
+    s.rounds(2, True)
+    assert not tr.suspect("isp1")
+    tr.record("isp1", A, s.now, None, s.now + 0.2)
+    tr.record("isp1", B, s.now, None, s.now + 0.2)
+    assert not tr.suspect("isp1")
+    tr.record("isp1", C, s.now, None, s.now + 0.2)
+    assert tr.suspect("isp1")  # 3 in a row, any targets
+    tr.record("isp1", A, s.now + 0.1, 0.01, s.now + 0.11)
+    assert not tr.suspect("isp1")
+    s.rounds(4, False)  # (A's answer above was sent after the next round's probes)
+    assert tr.state("isp1") == DEAD and not tr.suspect("isp1")  # dead: normal pace again

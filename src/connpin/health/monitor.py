@@ -10,7 +10,9 @@ and `tick(now)`.
 Each uplink's round of m targets lasts `interval` seconds (Params.interval: the targets'
 packets over the budget, 10/s by default); its targets are probed at evenly spaced offsets
 within the round, each moved by up to +-10% of the spacing at random, and each uplink starts at
-a random phase, so uplinks' and targets' probes do not bunch up.
+a random phase, so uplinks' and targets' probes do not bunch up. While the tracker calls an
+uplink suspect (`Tracker.suspect`: its last probes were lost) its rounds run `burst` times
+faster, starting at once.
 """
 
 from __future__ import annotations
@@ -49,11 +51,12 @@ class Schedule:
         self._seq = 0
 
     def add(self, uplink: Hashable, targets: Sequence[Target], interval: float,
-            now: float) -> None:
-        """(Re)start `uplink`'s rounds at a random phase within one interval from `now`."""
+            now: float, phase: float | None = None) -> None:
+        """(Re)start `uplink`'s rounds `phase` seconds from `now` (default: at random within
+        one interval)."""
         self.remove(uplink)
         self._uplinks[uplink] = (tuple(targets), interval)
-        start = now + self.rng.random() * interval
+        start = now + (self.rng.random() * interval if phase is None else phase)
         for i in range(len(targets)):
             self._push(start, uplink, i)
 
@@ -88,6 +91,8 @@ class _Uplink:
     via: Via
     targets: tuple[Target, ...]
     tracker: Any
+    interval: float
+    fast: bool = False
 
 
 class Monitor:
@@ -108,9 +113,18 @@ class Monitor:
         tr = tracker if tracker is not None else self.tracker
         now = self.clock()
         tr.add(name, targets, now)
-        self._uplinks[name] = _Uplink(via, tuple(targets), tr)
         interval = tr.interval(name, [t.cost for t in targets])
+        self._uplinks[name] = _Uplink(via, tuple(targets), tr, interval)
         self.schedule.add(name, targets, interval, now)
+
+    def _pace(self, name: Hashable, u: _Uplink, now: float) -> None:
+        """Probe `burst` times faster while the tracker calls the uplink suspect."""
+        suspect = getattr(u.tracker, "suspect", None)
+        fast = bool(suspect is not None and suspect(name))
+        if fast != u.fast:
+            u.fast = fast
+            burst = u.tracker.params.burst if fast else 1.0
+            self.schedule.add(name, u.targets, u.interval / burst, now, phase=0.0)
 
     def remove(self, name: Hashable) -> None:
         self._uplinks.pop(name, None)
@@ -137,6 +151,7 @@ class Monitor:
             if self.keep_results:
                 self.results.append(r)
             out += u.tracker.record(r.key, r.target, r.sent_at, r.rtt, r.done_at)
+            self._pace(r.key, u, r.done_at)
         now = self.clock()
         seen: set[int] = set()
         for u in self._uplinks.values():

@@ -117,6 +117,7 @@ class Prober:
         self._done: list[Result] = []
         self.sent = 0  # probes sent
         self.packets = 0  # packets those probes cost (Target.cost)
+        self.packets_by: dict[Hashable, int] = {}  # the same per uplink (the caller's key)
 
     # -- sockets ----------------------------------------------------------------------------------
     def _socket(self, family: int, kind: int, proto: int, via: Via) -> socket.socket:
@@ -167,6 +168,7 @@ class Prober:
         p = _Pending(key, target, now, now + timeout)
         self.sent += 1
         self.packets += target.cost
+        self.packets_by[key] = self.packets_by.get(key, 0) + target.cost
         try:
             if target.kind == "icmp":
                 self._send_icmp(p, via)
