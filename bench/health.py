@@ -17,7 +17,8 @@ damping is off in this phase (flap_window = 0) so that back-to-back cycles do no
 recovery; detection is unaffected by it.
 
 Soak: 10% random loss EACH WAY (nft `numgen random`, ~19% of probes lost) on three ISPs, every
-monitor on every ISP, for 10 minutes (--quick: 1 minute); a false alarm is any dead transition.
+monitor on every ISP, for 10 minutes (--quick: 1 minute), after a minute without loss (so that
+dpinger's window is full); a false alarm is any dead transition.
 100 ms jitter needs netem (sch_netem); when the kernel has none that part is skipped and said so.
 
     .venv/bin/python bench/health.py [--quick] [--out DIR]     (root)
@@ -283,6 +284,7 @@ def soak(seconds: float) -> tuple[dict[str, int], dict[str, float], bool, int]:
             for prof in PROFILES:
                 if run.wait((prof, k), ALIVE, 0, deadline) is None:
                     raise SystemExit(f"{prof} on isp{k} never alive")
+        time.sleep(SETTLE["dpinger"])  # dpinger's 60 s loss window full before the loss starts
         n0 = len(run.events)
         for k in lab.ks:
             faults.loss(lab, k, 10)
