@@ -1,0 +1,56 @@
+"""Faults of an ISP in the lab, for health tracking: an ISP whose network is dead behind its
+first hop while the link stays up (blackhole), and random loss (nft `numgen random`), both in
+the ISP's namespace (table `inet faults`; the router and its links are not touched).
+
+    blackhole(lab, k)         forwarding through ISP k stops in both directions; the ISP itself
+                              (the PPP peer / Ethernet gateway, ARP included) still answers
+    loss(lab, k, 10)          ISP k drops 10% of the packets it forwards, each direction
+    clear(lab, k)             no fault
+
+Each call replaces ISP k's fault table in one nft transaction. Only the lab's public API
+(`Lab.exec`) is used.
+"""
+
+from __future__ import annotations
+
+from connpin.lab.core import Lab
+
+TABLE = "faults"
+
+
+def _apply(lab: Lab, k: int, rules: str) -> None:
+    ns_host = f"isp{k}"
+    lab.exec(ns_host, ["nft", "-f", "-"], input=(
+        f"table inet {TABLE}\ndelete table inet {TABLE}\n"
+        f"table inet {TABLE} {{\n  chain forward {{\n"
+        "    type filter hook forward priority -10; policy accept;\n"
+        f"{rules}  }}\n}}\n"))
+
+
+def clear(lab: Lab, k: int) -> None:
+    """Remove ISP k's faults."""
+    lab.exec(f"isp{k}", ["nft", "-f", "-"],
+             input=f"table inet {TABLE}\ndelete table inet {TABLE}\n")
+
+
+def blackhole(lab: Lab, k: int) -> None:
+    """ISP k forwards nothing (both directions); its own address still answers."""
+    _apply(lab, k, "    counter drop\n")
+
+
+def loss(lab: Lab, k: int, percent: int, direction: str = "both") -> None:
+    """ISP k drops `percent`% of forwarded packets at random: direction "both", "up" (from the
+    customer) or "down" (towards it)."""
+    if not 0 <= percent <= 100:
+        raise ValueError(f"percent {percent} is not in 0..100")
+    match = {"both": "", "up": 'iifname "cust0" ', "down": 'oifname "cust0" '}[direction]
+    _apply(lab, k, f"    {match}numgen random mod 100 < {percent} counter drop\n")
+
+
+def dropped(lab: Lab, k: int) -> int:
+    """Packets ISP k's fault rule has dropped (0 without a fault)."""
+    out = lab.exec(f"isp{k}", ["nft", "list", "table", "inet", TABLE], check=False).stdout
+    for word, nxt in zip(out.split(), out.split()[1:], strict=False):
+        if word == "packets":
+            return int(nxt)
+    return 0
