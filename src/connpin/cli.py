@@ -284,10 +284,13 @@ def _status(config: model.Config, args: argparse.Namespace) -> int:
     pinned = {c.interface: (c.connections, c.bytes)
               for c in pins.counts(config, result.desired.uplinks)}
     report = render_status.build(config, result, pinned)
+    from connpin.watch import record
+
+    report["watch"] = record.load()  # the daemon's own word: a failure that persists
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        sys.stdout.write(render_status.text(report))
+        sys.stdout.write(render_status.text(report) + record.text(report["watch"]))
     return 0 if report["in_place"] else EXIT_DRIFT
 
 

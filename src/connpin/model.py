@@ -104,6 +104,7 @@ class Pinning:
     failback: str = "keep"  # keep | flush | flush-idle (default for every uplink)
     failback_idle: int = 30  # seconds, for flush-idle
     backend: str = "nftables"  # nftables | iptables | auto (iptables when nft is missing)
+    allow_empty: bool = False  # `watch`: a reload without [[uplink]] may remove all pinning
 
     @property
     def rule_range(self) -> range:
@@ -144,7 +145,7 @@ class Config:
 
 
 _PINNING_KEYS = {"mark_mask", "table_base", "rule_priority", "sysctl", "nft_table", "failback",
-                 "failback_idle", "backend"}
+                 "failback_idle", "backend", "allow_empty"}
 BACKENDS = ("nftables", "iptables", "auto")
 _UPLINK_KEYS = {"name", "interface", "gateway", "masquerade", "mark", "priority", "failback",
                 "on_down", "gateway6", "nptv6", "masquerade6"}
@@ -217,7 +218,8 @@ def parse(doc: dict, path: str = "<config>") -> Config:
     failback = _choice(path, "pinning.failback", raw.get("failback", "keep"), FAILBACK)
     idle = _int(path, "pinning.failback_idle", raw.get("failback_idle", 30), 1, 86400 * 7)
     backend = _choice(path, "pinning.backend", raw.get("backend", "nftables"), BACKENDS)
-    pinning = Pinning(mask, table_base, prio, sysctl, nft_table, failback, idle, backend)
+    pinning = Pinning(mask, table_base, prio, sysctl, nft_table, failback, idle, backend,
+                      _bool(path, "pinning.allow_empty", raw.get("allow_empty", False)))
 
     raws = doc.get("uplink", [])
     if not isinstance(raws, list):
