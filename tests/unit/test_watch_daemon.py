@@ -122,3 +122,28 @@ def test_reload_survives_whatever_load_raises(tmp_path, monkeypatch) -> None:
     assert lines == [f"{tmp_path / 'connpin.toml'}: cannot load (MemoryError: out of memory); "
                      "keeping the running config"]
     assert not converged
+
+
+def test_errors_outside_a_converge_are_recovered_until_they_keep_coming(tmp_path) -> None:
+    """Each error rebuilds the sockets and asks for a full resync; more than MAX_RECOVERIES in a
+    window is what cannot be recovered: Fatal (the daemon exits 1 with that line)."""
+    now = [0.0]
+    lines: list[str] = []
+    w = daemon.Watcher(str(tmp_path / "c.toml"), model.loads(GOOD), log=lines.append,
+                       clock=lambda: now[0])
+    w.sleep = lambda s: None
+    opened: list[int] = []
+    w._open = lambda: opened.append(1)  # type: ignore[method-assign]
+    for _ in range(daemon.MAX_RECOVERIES):
+        w.sched.overflowed = False
+        w._recover(OSError(88, "Socket operation on non-socket"))
+        assert w.sched.overflowed  # a full resync follows
+        now[0] += 1
+    assert len(opened) == daemon.MAX_RECOVERIES
+    assert "rebuilding the netlink sockets, full resync" in lines[0]
+    assert "OSError: [Errno 88] Socket operation on non-socket" in lines[0]
+    with pytest.raises(daemon.Fatal, match="errors outside a converge within 60 s"):
+        w._recover(OSError(88, "Socket operation on non-socket"))
+    now[0] += daemon.RECOVERY_WINDOW + 1  # spaced out, they are recovered again
+    w._recover(OSError(88, "Socket operation on non-socket"))
+    assert len(opened) == daemon.MAX_RECOVERIES + 1

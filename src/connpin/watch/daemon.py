@@ -59,6 +59,7 @@ class Watcher:
         self.counts = (len(config.uplinks), 0)  # uplink interfaces, up
         self.last_ms: float | None = None
         self.recoveries: list[float] = []
+        self.sleep = time.sleep
         self.more = False  # a socket had more than one read takes
         self.rcvbuf = int(os.environ.get(RCVBUF_ENV) or 0) or None
         self.fault = os.environ.get(FAULT_ENV)
@@ -339,7 +340,7 @@ class Watcher:
                         f"{RECOVERY_WINDOW:g} s, the last: {_one_line(error)}") from error
         self.log(f"error outside a converge ({_one_line(error)}): "
                  "rebuilding the netlink sockets, full resync")
-        time.sleep(0.1 * 2 ** (len(self.recoveries) - 1))  # a little patience when it repeats
+        self.sleep(0.1 * 2 ** (len(self.recoveries) - 1))  # a little patience when it repeats
         try:
             self._open()
         except Exception as e:  # noqa: BLE001 - retried by the next _step, counted above
