@@ -467,6 +467,7 @@ def test_watch_a_flood_of_foreign_routes_is_not_read_and_uplinks_still_converge(
                 wait_pinned(lab, {1, 2}, daemon)
                 print(f"uplink pinned {1000 * (time.monotonic() - t0):.0f} ms after the flood "
                       "(uplink_up included)")
+                print(daemon.wait_log(r"isp1 ppp0: up", after=mark))
             finally:
                 stop.set()
                 sampler.join(timeout=5)
