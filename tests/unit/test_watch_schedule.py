@@ -203,3 +203,24 @@ def test_watchdog_is_due_every_interval() -> None:
     assert s.next() == "watchdog"
     s.pinged()
     assert s.next() is None and s.due() == clock() + 5
+
+
+def test_a_failure_while_the_kernel_moves_is_a_race() -> None:
+    """A link flapping under the converges: each failure is followed by uplink events, so none
+    counts toward the back-off (and nothing is logged); nft events alone do not count as the
+    kernel moving (they are the daemon's own rollback)."""
+    clock, s = started()
+    for _ in range(10):
+        s.take()
+        s.converging()
+        s.event("ppp0", "gone")  # arrived during the converge
+        assert s.converged("ip route add default dev ppp0 table 1164: No such device") is None
+        assert s.failures == 0 and s.retry_at == clock() + GAP
+        clock.advance(GAP)
+        assert s.next() == "retry"
+    for _ in range(RACES + 1):
+        s.take()
+        s.converging()
+        s.event(NFT_KEY, "nft table inet connpin: table deleted")
+        s.converged("boom")
+    assert s.backing_off

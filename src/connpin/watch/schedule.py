@@ -10,8 +10,10 @@ Rules (each has a unit test with a fake clock, tests/unit/test_watch_schedule.py
 - A lone event is handled at once; a burst is coalesced into one converge at most every `gap`.
 - Back-off depends only on converges' outcomes: the count of consecutive failures is reset by a
   converge that verified, never by an event. The first `races` failures are retried after `gap`
-  (a race with the kernel: an interface vanished between reading and applying); after that the
-  delay doubles from `retry` up to `backoff_max`.
+  (a race with the kernel: an interface vanished between reading and applying), and so is a
+  failure after which uplink events are pending (the kernel moved under it: a race too, not
+  counted; those events cannot come from the daemon's own writes); after that the delay doubles
+  from `retry` up to `backoff_max`.
 - While backing off, events about connpin's own nft table (most likely the failed converge's own
   rollback) wait for the retry; events about uplinks (the kernel moved) bring the retry forward,
   but no sooner than FLOOR after the last converge.
@@ -196,7 +198,11 @@ class Scheduler:
             self.failures, self.retry_at, self.retry_delay = 0, None, self.retry
             self.failure, self.logged_cause, self.log_at = None, None, math.inf
             return line
-        self.failures += 1
+        # Uplink events that came in meanwhile (never the daemon's own writes: it subscribes to
+        # nothing it writes but its nft table) say the kernel moved under the converge: a race.
+        moved = not self.backing_off and any(k != NFT_KEY for k in self.pending)
+        if not moved:
+            self.failures += 1
         if self.failure is None:
             self.failure = Failure(cause, now)
         self.failure.attempts += 1
