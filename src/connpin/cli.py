@@ -303,12 +303,15 @@ def _status(config: model.Config, args: argparse.Namespace) -> int:
     pinned = {c.interface: (c.connections, c.bytes)
               for c in pins.counts(config, result.desired.uplinks)}
     report = render_status.build(config, result, pinned)
+    from connpin.watch import record
+
     found = _conflicts(config)  # e.g. another tool started after connpin
     report["conflicts"] = [c.as_dict() for c in found]
+    report["watch"] = record.load()  # the daemon's own word: a failure that persists
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        sys.stdout.write(render_status.text(report))
+        sys.stdout.write(render_status.text(report) + record.text(report["watch"]))
         for c in found:
             print(f"conflict: {c}")
     return 0 if report["in_place"] and not any(not c.allowed for c in found) else EXIT_DRIFT

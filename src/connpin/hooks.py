@@ -126,6 +126,7 @@ def unit(config: str | None, exe: str | None = None, header: str | None = None) 
         "ExecReload=/bin/kill -HUP $MAINPID\n"
         "Restart=on-failure\n"
         "RestartSec=2\n"
+        "WatchdogSec=30\n"
         "\n"
         "[Install]\n"
         "WantedBy=multi-user.target\n"

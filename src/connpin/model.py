@@ -124,6 +124,7 @@ class Pinning:
     failback_idle: int = 30  # seconds, for flush-idle
     backend: str = "nftables"  # nftables | iptables | auto (iptables when nft is missing)
     allow_shared_bits: int = 0  # mark bits others may write/match too (docs/coexistence.md)
+    allow_empty: bool = False  # `watch`: a reload without [[uplink]] may remove all pinning
 
     @property
     def rule_range(self) -> range:
@@ -272,7 +273,9 @@ def parse(doc: dict, path: str = "<config>") -> Config:
     idle = _int(path, "pinning.failback_idle", get("failback_idle"), 1, 86400 * 7)
     backend = _choice(path, "pinning.backend", get("backend"), BACKENDS)
     shared = _int(path, "pinning.allow_shared_bits", get("allow_shared_bits"), 0, 0xFFFFFFFF)
-    pinning = Pinning(mask, table_base, prio, sysctl, nft_table, failback, idle, backend, shared)
+    allow_empty = _bool(path, "pinning.allow_empty", get("allow_empty"))
+    pinning = Pinning(mask, table_base, prio, sysctl, nft_table, failback, idle, backend, shared,
+                      allow_empty)
 
     raws = doc.get("uplink", [])
     if not isinstance(raws, list):

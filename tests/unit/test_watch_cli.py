@@ -29,6 +29,7 @@ def test_hooks_install_systemd_writes_the_unit_and_says_how_to_start_it(capsys, 
     text = unit.read_text()
     assert text.startswith(hooks.MARK)
     assert "Type=notify" in text and "ExecReload=/bin/kill -HUP $MAINPID" in text
+    assert "\nWatchdogSec=30\n" in text  # the loop sends WATCHDOG=1 (connpin.watch.systemd)
     assert f"-I -m connpin -c {cfg} watch\n" in text
     assert unit.stat().st_mode & 0o777 == 0o644
     code, out, _ = run(capsys, "hooks", "remove", "--systemd", "--root", str(tmp_path))
