@@ -40,26 +40,19 @@ def table_range(mask: int, table_base: int) -> range:
     return range(table_base, table_base + capacity(mask))
 
 
+def _bits(mask: int) -> list[int]:
+    """The positions of the set bits of `mask`, low to high."""
+    return [pos for pos in range(32) if mask >> pos & 1]
+
+
 def deposit(index: int, mask: int) -> int:
     """Spread the bits of `index` over the set bits of `mask`, low to high (like PDEP)."""
-    out, bit = 0, 0
-    for pos in range(32):
-        if mask >> pos & 1:
-            if index >> bit & 1:
-                out |= 1 << pos
-            bit += 1
-    return out
+    return sum(1 << pos for bit, pos in enumerate(_bits(mask)) if index >> bit & 1)
 
 
 def extract(mark: int, mask: int) -> int:
     """Inverse of deposit: the index a masked mark stands for."""
-    out, bit = 0, 0
-    for pos in range(32):
-        if mask >> pos & 1:
-            if mark >> pos & 1:
-                out |= 1 << bit
-            bit += 1
-    return out
+    return sum(1 << bit for bit, pos in enumerate(_bits(mask)) if mark >> pos & 1)
 
 
 def home(key: str, mask: int) -> int:

@@ -415,6 +415,15 @@ def pattern_marks(config: Config, uplink: Uplink, ifaces: Iterable[str],
         raise ConfigError(config.path, "pinning.mark_mask", str(e)) from None
 
 
+def _clear_of(path: str, fld: str, values: range, reserved: frozenset[int], limit: int,
+              message: str) -> None:
+    """Refuse a range that holds a value the kernel reserves or runs past `limit`."""
+    bad = sorted(v for v in reserved if v in values)
+    if bad or values.stop - 1 > limit:
+        raise ConfigError(path, fld, message.format(f"{values.start}..{values.stop - 1}",
+                                                    bad[0] if bad else f"limit {limit}"))
+
+
 def _check_whole(config: Config) -> None:
     path, pin = config.path, config.pinning
     seen: dict[str, str] = {}
@@ -447,7 +456,6 @@ def _check_whole(config: Config) -> None:
         if u.is_pattern:
             patterns.append(i)
     capacity = alloc.capacity(pin.mark_mask)
-    patterns = sum(1 for u in config.uplinks if u.is_pattern)
     if len(config.uplinks) > capacity:
         raise ConfigError(
             path, "pinning.mark_mask",
@@ -462,20 +470,10 @@ def _check_whole(config: Config) -> None:
             path, "pinning.mark_mask",
             f"{pin.mark_mask:#010x} leaves no marks for the interfaces of pattern uplinks",
         )
-    tables = pin.table_range
-    bad = sorted(t for t in RESERVED_TABLES if t in tables)
-    if bad or tables.stop - 1 > 0xFFFFFFFF:
-        raise ConfigError(
-            path, "pinning.table_base",
-            f"table range {tables.start}..{tables.stop - 1} overlaps the kernel's reserved "
-            f"table {bad[0] if bad else 'limit'} (choose e.g. table_base = 1000)",
-        )
-    prios = pin.rule_range
-    badp = sorted(p for p in RESERVED_PRIORITIES if p in prios)
-    if badp or prios.stop - 1 > 32765:
-        raise ConfigError(
-            path, "pinning.rule_priority",
-            f"rule priorities {prios.start}..{prios.stop - 1} overlap the kernel's default rules "
-            "(main is 32766; choose e.g. rule_priority = 10000)",
-        )
+    _clear_of(path, "pinning.table_base", pin.table_range, RESERVED_TABLES, 0xFFFFFFFF,
+              "table range {} overlaps the kernel's reserved table {} "
+              "(choose e.g. table_base = 1000)")
+    _clear_of(path, "pinning.rule_priority", pin.rule_range, RESERVED_PRIORITIES, 32765,
+              "rule priorities {} overlap the kernel's default rules at {} "
+              "(choose e.g. rule_priority = 10000)")
     exact_marks(config)  # raises ConfigError on collisions

@@ -123,34 +123,37 @@ class _IpStep:
 
 
 @dataclass(frozen=True)
-class RuleAdd(_IpStep):
+class _RuleStep(_IpStep):
     rule: D.Rule
-    what, verb = "rule", "add"
+    what = "rule"
 
 
 @dataclass(frozen=True)
-class RuleDel(_IpStep):
-    rule: D.Rule
-    what, verb = "rule", "del"
-
-
-@dataclass(frozen=True)
-class RouteAdd(_IpStep):
+class _RouteStep(_IpStep):
     route: D.Route
-    what, verb = "route", "add"
+    what = "route"
+
+
+class RuleAdd(_RuleStep):
+    verb = "add"
+
+
+class RuleDel(_RuleStep):
+    verb = "del"
+
+
+class RouteAdd(_RouteStep):
+    verb = "add"
+
+
+class RouteDel(_RouteStep):
+    verb = "del"
 
 
 @dataclass(frozen=True)
-class RouteDel(_IpStep):
-    route: D.Route
-    what, verb = "route", "del"
-
-
-@dataclass(frozen=True)
-class RouteReplace(_IpStep):
-    route: D.Route
+class RouteReplace(_RouteStep):
     prev: D.Route  # the route of the same table and family it replaces
-    what, verb = "route", "replace"
+    verb = "replace"
 
 
 Step = SysctlSet | Ruleset | RuleAdd | RuleDel | RouteAdd | RouteDel | RouteReplace

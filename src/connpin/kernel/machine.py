@@ -11,24 +11,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from connpin import desired as D
+from connpin import reconcile as R
 from connpin.kernel import faults, state, sysctl
 from connpin.kernel import iptables as ipt
 from connpin.kernel import nft as nftool
 from connpin.kernel.netlink import Netlink
 from connpin.model import Config
-from connpin.reconcile import (
-    Installed,
-    RouteAdd,
-    RouteDel,
-    RouteReplace,
-    RuleAdd,
-    RuleDel,
-    Ruleset,
-    Scope,
-    Step,
-    SysctlSet,
-    sha,
-)
 from connpin.render import nft
 from connpin.values import Recorded
 
@@ -117,7 +105,7 @@ class Kernel:
             backend=old.get("backend", "nftables"),  # recorded before iptables existed
         )
 
-    def installed(self, scope: Scope) -> Installed:
+    def installed(self, scope: R.Scope) -> R.Installed:
         """What of connpin's slice (and of the former slices `scope` names) the kernel holds."""
         self._table, self._families = scope.nft_table, scope.families
         dump, dump6 = self._dumps
@@ -128,9 +116,9 @@ class Kernel:
         stale_chains = ipt.listing(scope.families) if scope.stale_chains else None
         listing = ipt.listing(scope.families) if scope.backend == "iptables" else self._listing()
         nst = self.state.get("nft", {})
-        in_place = nst.get("ruleset") if listing is not None and sha(listing) == nst.get(
+        in_place = nst.get("ruleset") if listing is not None and R.sha(listing) == nst.get(
             "listing") else None
-        return Installed(
+        return R.Installed(
             rules=tuple(self.netlink.rules(*scope.rule_ranges, families=scope.families)),
             routes=tuple(self.netlink.routes(*scope.table_ranges, dump=dump, dump6=dump6,
                                              families=scope.families)),
@@ -142,10 +130,10 @@ class Kernel:
             up=tuple(self.state["up"]) if "up" in self.state else None,
         )
 
-    def execute(self, step: Step) -> None:
+    def execute(self, step: R.Step) -> None:
         faults.point()  # CONNPIN_FAULT: the crash-safety tests die here
         match step:
-            case Ruleset(backend="iptables"):
+            case R.Ruleset(backend="iptables"):
                 from connpin.kernel import ipt_tables  # tables connpin created (iptables-nft)
 
                 if step.text is not None and "ipt_created" not in self.state:
@@ -154,20 +142,14 @@ class Kernel:
                 if step.text is None:
                     ipt_tables.drop_empty(self.state.pop("ipt_created", []))
                 self.state["nft"] = {}  # re-recorded by committed()
-            case Ruleset():
+            case R.Ruleset():
                 nftool.run(nft.transaction(step.table, step.text))
                 self.state["nft"] = {}
-            case RuleAdd(rule):
-                self.netlink.rule("add", rule)
-            case RuleDel(rule):
-                self.netlink.rule("del", rule)
-            case RouteAdd(route):
-                self.netlink.route("add", route)
-            case RouteDel(route):
-                self.netlink.route("del", route)
-            case RouteReplace(route):
-                self.netlink.route("replace", route)
-            case SysctlSet(key, value, prev, restore):
+            case R.RuleAdd(rule) | R.RuleDel(rule):
+                self.netlink.rule(step.verb, rule)
+            case R.RouteAdd(route) | R.RouteDel(route) | R.RouteReplace(route):
+                self.netlink.route(step.verb, route)
+            case R.SysctlSet(key, value, prev, restore):
                 if not restore and prev is not None:  # on disk before the change
                     state.remember_sysctl(self.state, key, prev)
                 sysctl.write(key, value)
@@ -184,7 +166,7 @@ class Kernel:
             gen = self.generation.read()  # before listing: a later commit makes it stale, not wrong
             listing = self._listing()
         if want.ruleset is not None and listing is not None:
-            self.state["nft"] = {"ruleset": sha(want.ruleset), "listing": sha(listing)}
+            self.state["nft"] = {"ruleset": R.sha(want.ruleset), "listing": R.sha(listing)}
             if gen is not None:
                 self.state["nft"].update(gen=gen, table=self._table, text=listing)
             self.state["slice"] = {

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from connpin.kernel import faults, netns
+from connpin.kernel import faults, netns, tools
 
 RUN_DIR = os.environ.get("CONNPIN_RUN_DIR", "/run/connpin")
 #: Seconds to wait for another connpin in this namespace (a converge takes well under one).
@@ -43,11 +43,7 @@ def directory() -> str:
 
 
 def _lock_timeout() -> float:
-    try:
-        value = float(os.environ.get("CONNPIN_LOCK_TIMEOUT") or LOCK_TIMEOUT)
-    except ValueError:
-        return LOCK_TIMEOUT
-    return value if 0 < value < 86400 else LOCK_TIMEOUT
+    return tools.seconds("CONNPIN_LOCK_TIMEOUT", LOCK_TIMEOUT)
 
 
 @contextmanager

@@ -59,12 +59,17 @@ def exists(name: str) -> bool:
         return False
 
 
-def timeout() -> float:
+def seconds(env: str, default: float) -> float:
+    """A duration from the environment variable `env` (0 < s < a day), else `default`."""
     try:
-        value = float(os.environ.get("CONNPIN_TOOL_TIMEOUT") or TIMEOUT)
+        value = float(os.environ.get(env) or default)
     except ValueError:
-        return TIMEOUT
-    return value if 0 < value < 86400 else TIMEOUT
+        return default
+    return value if 0 < value < 86400 else default
+
+
+def timeout() -> float:
+    return seconds("CONNPIN_TOOL_TIMEOUT", TIMEOUT)
 
 
 def _plain(text: str) -> bool:
