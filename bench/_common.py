@@ -27,7 +27,6 @@ import datetime
 import json
 import os
 import platform
-import shutil
 import signal
 import statistics
 import subprocess
@@ -43,6 +42,7 @@ RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "src"))
 
 from connpin import alloc  # noqa: E402
+from connpin.kernel import tools as kernel_tools  # noqa: E402
 from connpin.lab import Lab  # noqa: E402
 from connpin.model import RULE_BAND  # noqa: E402
 
@@ -537,6 +537,6 @@ def section(title: str) -> Any:
 
 
 def need(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t) is None]
+    missing = [t for t in tools if not kernel_tools.exists(t)]
     if missing:
         sys.exit(f"missing tools: {' '.join(missing)} (`make bench` installs them)")

@@ -41,6 +41,7 @@ from connpin.const import IFF_UP
 from connpin.kernel import netns, state
 from connpin.lab import Lab
 from connpin.lab.commands import HOOK_PATH
+from connpin.render.columns import columns
 
 PATHS = ("daemon", "hook", "shell")
 LABELS = {
@@ -342,9 +343,7 @@ def report(rows, stages, heavy, reps: int, out: Path) -> int:
         table.append((LABELS[path], f"{p50:.1f}", f"{pct(lat, 0.99):.1f}" if lat else "-",
                       f"{p50 / shell_p50:.2f}", f"{statistics.median(done):.1f}" if done else "-",
                       str(lost)))
-    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in table)
+    text = "\n".join(columns(table))
     where = "\n".join(f"  {k:<62} {v:7.1f} ms" for k, v in stages)
     imp = "\n".join(f"  {k:<45} {v:7.1f} ms" for k, v in heavy)
     machine = f"{platform.node()}, Linux {platform.release()}, {os.cpu_count()} CPUs"

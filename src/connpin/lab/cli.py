@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 
+from connpin.kernel import tools
 from connpin.lab.cleanup import down_all, list_labs, read_state
 from connpin.lab.commands import LabError, _ip_binary
 from connpin.lab.core import Lab
@@ -50,7 +50,7 @@ def _need_root() -> int | None:
               "  connpin plan -c examples/pppoe-multi.toml", file=sys.stderr)
         return EXIT_ROOT
     for tool in ("nft", "conntrack"):
-        if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
+        if not tools.exists(tool):
             print(f"connpin lab: `{tool}` is not installed (apt-get install nftables "
                   "conntrack)", file=sys.stderr)
             return EXIT_FAIL

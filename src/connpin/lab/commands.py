@@ -4,9 +4,10 @@ command gets (the sbin directories on PATH) and `ip netns exec` itself."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Mapping
+
+from connpin.kernel import tools
 
 #: The environment pppd and NetworkManager give their hook scripts: almost nothing.
 HOOK_PATH = "/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -32,10 +33,11 @@ class CommandError(subprocess.CalledProcessError):
 
 
 def _ip_binary() -> str:
-    for cand in (shutil.which("ip"), "/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip"):
-        if cand and os.access(cand, os.X_OK):
-            return cand
-    raise LabError("iproute2's `ip` is not installed")
+    """iproute2's `ip`, found the one way connpin finds tools."""
+    try:
+        return tools.find("ip")
+    except tools.ToolFailure:
+        raise LabError("iproute2's `ip` is not installed") from None
 
 
 def with_sbin(env: Mapping[str, str] | None) -> dict[str, str]:

@@ -43,6 +43,7 @@ from typing import Any
 
 from pyroute2 import netns as pnetns
 
+from connpin.kernel import tools
 from connpin.lab import cleanup, config, hookrunner
 from connpin.lab.addressing import Addressing
 from connpin.lab.cleanup import PREFIX
@@ -117,7 +118,7 @@ class Lab(Addressing):
             raise
 
     def _build(self) -> None:
-        if shutil.which("nft") is None and not os.path.exists("/usr/sbin/nft"):
+        if not tools.exists("nft"):
             raise LabError("nft is not installed")
         taken = [n for n in pnetns.listnetns() if n.startswith(self.prefix + "-")]
         if taken or self.workdir.exists() or cleanup.state_file(self.prefix).exists():
