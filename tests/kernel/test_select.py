@@ -36,9 +36,9 @@ def config(lab: Lab, uplinks: dict[int, str], extra: str = "") -> str:
 
 
 @contextmanager
-def choosing(text_of, dead: str = "") -> Iterator[Lab]:
+def choosing(text_of, dead: str = "", ipv6: bool = False) -> Iterator[Lab]:
     """A lab with both uplinks up and connpin applied with `text_of(lab)` as its config."""
-    with Lab(uplinks=("ppp", "ppp")) as lab:
+    with Lab(uplinks=("ppp", "ppp"), ipv6=ipv6) as lab:
         lab.uplink_up(1)
         lab.uplink_up(2)
         lab.write_config(text_of(lab))
@@ -46,11 +46,15 @@ def choosing(text_of, dead: str = "") -> Iterator[Lab]:
         yield lab
 
 
-def uplinks_of(lab: Lab, n: int, src: str = "lan", port: int = 7) -> Counter:
+def uplinks_of(lab: Lab, n: int, src: str = "lan", port: int = 7,
+               dst: str | None = None) -> Counter:
     """Open n short connections (a few at a time): how many left by each uplink (None: failed
     or left by no uplink)."""
+    def one(_: int) -> str | None:
+        return lab.connect(src=src, dst=dst, port=port, timeout=5.0)
+
     with ThreadPoolExecutor(8) as pool:
-        peers = list(pool.map(lambda _: lab.connect(src=src, port=port, timeout=5.0), range(n)))
+        peers = list(pool.map(one, range(n)))
     return Counter(lab.uplink_of(p) if p else None for p in peers)
 
 
@@ -116,3 +120,13 @@ def test_a_dead_best_tier_fails_over_to_the_next() -> None:
         assert uplinks_of(lab, 40) == Counter({2: 40})
         lab.connpin("apply", env={"CONNPIN_DEAD": ""})
         assert uplinks_of(lab, 40) == Counter({1: 40})
+
+
+def test_ipv6_is_chosen_too_and_dead_uplinks_leave_both_families() -> None:
+    weights = {1: "priority = 1\nweight = 1", 2: "priority = 1\nweight = 1"}
+    with choosing(lambda lab: config(lab, weights), ipv6=True) as lab:
+        got = uplinks_of(lab, 100, dst=lab.SERVER6)
+        assert got[1] > 20 and got[2] > 20, got
+        lab.connpin("apply", env={"CONNPIN_DEAD": "isp1"})
+        assert uplinks_of(lab, 60, dst=lab.SERVER6) == Counter({2: 60})
+        assert uplinks_of(lab, 60) == Counter({2: 60})
