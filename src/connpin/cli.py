@@ -221,7 +221,9 @@ def _change(config: model.Config, args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return EXIT_CONFIG
     going_down = frozenset({args.iface}) if cmd == "down" else frozenset()
-    out = engine.converge(config, going_down=going_down, remove=cmd == "remove")
+    # CONNPIN_DEAD=name,...: uplinks taken as dead (tests, until the daemon tracks health)
+    dead = frozenset(n for n in os.environ.get("CONNPIN_DEAD", "").split(",") if n)
+    out = engine.converge(config, going_down=going_down, remove=cmd == "remove", dead=dead)
     result, left, ms = out.result, out.left, out.ms
     for note in out.notes:
         print(f"connpin {cmd}: {note}")

@@ -10,3 +10,6 @@ MAIN_TABLE = 254
 IFF_UP = 0x1
 #: IPv6 prefixes never pinned nor re-routed: link-local and multicast.
 NEVER_PINNED6 = ("fe80::/10", "ff00::/8")
+#: connpin choosing uplinks: new connections draw a number (or hash their source) modulo this,
+#: and each live uplink owns a slice of the range proportional to its weight.
+CHOICE_SPACE = 65536

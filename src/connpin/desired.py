@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from connpin import alloc, model
+from connpin import alloc, choice, model
 from connpin.alloc import Slot
 from connpin.const import MAIN_TABLE
 from connpin.model import MAX_INTERFACES, RULE_BAND, Config, ConfigError, Uplink
@@ -191,8 +191,10 @@ def _sysctls(config: Config, ups: list[UplinkState], observed: Observed) -> list
 
 
 def compute(config: Config, observed: Observed,
-            going_down: frozenset[str] = frozenset()) -> Desired:
-    """The full desired state for this config on this machine."""
+            going_down: frozenset[str] = frozenset(),
+            dead: frozenset[str] = frozenset()) -> Desired:
+    """The full desired state for this config on this machine. `dead`: names of uplinks whose
+    health check failed; new connections are not given to them (when connpin chooses)."""
     states = [_uplink_state(u, i, s, observed, going_down) for u, i, s in slots(config, observed)]
     rules = list(base_rules(config))
     known = [st.slot for st in states]
@@ -204,9 +206,13 @@ def compute(config: Config, observed: Observed,
     routes += [st.route6 for st in states if st.route6 is not None]
     rule_range, table_range = owned(config)
     back = backend(config, observed)
+    if config.selecting and back != "nftables":
+        raise ConfigError(config.path, "pinning.backend", "connpin chooses uplinks (weight, "
+                          "[[class]]) only with nftables, and the nft tool is missing")
+    choices = choice.choices(config, states, 4, dead) + choice.choices(config, states, 6, dead)
     return Desired(
         nft_table=config.pinning.nft_table,
-        ruleset=nft.render(config, states) if back == "nftables" else iptables.render(
+        ruleset=nft.render(config, states, choices) if back == "nftables" else iptables.render(
             config, states, ipv6=observed.ipv6 or observed.imagined),
         uplinks=tuple(states),
         rules=tuple(sorted(rules, key=sort_key)),

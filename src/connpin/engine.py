@@ -24,8 +24,10 @@ class Outcome:
 
 
 def converge(config: Config, *, going_down: frozenset[str] = frozenset(),
-             remove: bool = False, machine: Any = None) -> Outcome:
-    """Bring the kernel to the desired state under the namespace's lock.
+             remove: bool = False, machine: Any = None,
+             dead: frozenset[str] = frozenset()) -> Outcome:
+    """Bring the kernel to the desired state under the namespace's lock (`dead`: uplinks new
+    connections must avoid, when connpin chooses uplinks).
 
     `machine` defaults to a fresh `Kernel` (closed afterwards); the daemon passes its own.
     """
@@ -40,12 +42,14 @@ def converge(config: Config, *, going_down: frozenset[str] = frozenset(),
         if own:
             machine = Kernel()
         try:
-            result = reconcile.run(config, machine, going_down=going_down, remove=remove)
+            result = reconcile.run(config, machine, going_down=going_down, remove=remove,
+                                   dead=dead)
             # Nothing changed: the diff just taken against a fresh observation is the verify.
             left = []
             if result.steps:
                 with getattr(machine, "verifying", contextlib.nullcontext)():
-                    left = reconcile.verify(config, machine, going_down, remove=remove)
+                    left = reconcile.verify(config, machine, going_down, remove=remove,
+                                            dead=dead)
             notes = _policies(config, result) if not remove and not left else []
         finally:
             if own:

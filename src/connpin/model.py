@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from connpin import alloc
+from connpin.classes import Class, parse_class
+from connpin.fields import ConfigError, _bool, _choice, _int, _unknown
 
 DEFAULT_CONFIG = "/etc/connpin/connpin.toml"
 
@@ -41,23 +43,6 @@ _UPLINK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,14}$")
 #: Largest config file read (a real one is a few KB; /dev/zero would never end).
 MAX_CONFIG_BYTES = 1 << 20
-
-
-class ConfigError(Exception):
-    """A config that cannot be used: names the file, the field and what is wrong."""
-
-    def __init__(self, path: str, field: str, message: str):
-        self.path, self.field, self.message = path, field, message
-        shown = path if path.isprintable() else repr(path)[1:-1]
-        where = f"{shown}: {field}: " if field else f"{shown}: "
-        super().__init__(_one_line(where + message))
-
-
-def _one_line(text: str, limit: int = 400) -> str:
-    """An error message as one printable line of bounded length (values are quoted with repr,
-    but a parser's message or a path may hold anything)."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def valid_ifname(name: str) -> bool:
@@ -90,6 +75,9 @@ class Uplink:
     nptv6: tuple[tuple[str, str], ...] = ()
     # IPv6 masquerade (NAT66) is its own switch: delegated prefixes usually need no NAT at all.
     masquerade6: bool = False
+    # share of new connections inside its tier (`priority`) when connpin chooses uplinks
+    # (docs/design.md#choosing-uplinks); 0 = not given (1 once any uplink or [[class]] asks)
+    weight: int = 0
 
     @property
     def ethernet6(self) -> bool:
@@ -142,6 +130,12 @@ class Config:
     pinning: Pinning = field(default_factory=Pinning)
     uplinks: tuple[Uplink, ...] = ()
     path: str = "<config>"
+    classes: tuple[Class, ...] = ()  # [[class]], in file order (the first match wins)
+
+    @property
+    def selecting(self) -> bool:
+        """connpin chooses the uplink of new connections (some weight or a [[class]])."""
+        return bool(self.classes) or any(u.weight for u in self.uplinks)
 
     def uplink(self, name: str) -> Uplink | None:
         return next((u for u in self.uplinks if u.name == name), None)
@@ -176,6 +170,7 @@ _PINNING = Pinning()
 BACKENDS = ("nftables", "iptables", "auto")
 _UPLINK_KEYS = {f.name for f in fields(Uplink)}
 _UPLINK = {f.name: f.default for f in fields(Uplink) if f.default is not MISSING}
+MAX_WEIGHT = 1000
 FAILBACK = ("keep", "flush", "flush-idle")
 ON_DOWN = ("keep", "flush")
 
@@ -223,37 +218,9 @@ def loads(text: str, path: str = "<config>") -> Config:
         raise ConfigError(path, "", "nested too deeply") from None
 
 
-def _int(path: str, fld: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(path, fld, f"must be an integer, not {value!r}")
-    if not lo <= value <= hi:
-        raise ConfigError(path, fld, f"{value} is out of range {lo}..{hi}")
-    return value
-
-
-def _bool(path: str, fld: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(path, fld, f"must be true or false, not {value!r}")
-    return value
-
-
-def _choice(path: str, fld: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(path, fld, f"{value!r} is not one of " +
-                          ", ".join(f'"{c}"' for c in choices))
-    return value
-
-
-def _unknown(path: str, where: str, got: dict, known: set[str]) -> None:
-    extra = sorted(set(got) - known)
-    if extra:
-        hint = ", ".join(sorted(known))
-        raise ConfigError(path, f"{where}{extra[0]}", f"unknown key (known keys: {hint})")
-
-
 def parse(doc: dict, path: str = "<config>") -> Config:
     """Validate a decoded TOML document into a Config."""
-    _unknown(path, "", doc, {"pinning", "uplink"})
+    _unknown(path, "", doc, {"pinning", "uplink", "class"})
     raw = doc.get("pinning", {})
     if not isinstance(raw, dict):
         raise ConfigError(path, "pinning", "must be a table ([pinning])")
@@ -281,8 +248,14 @@ def parse(doc: dict, path: str = "<config>") -> Config:
     if not isinstance(raws, list):
         raise ConfigError(path, "uplink", "must be an array of tables ([[uplink]])")
     uplinks = tuple(_uplink(path, i, u, pinning) for i, u in enumerate(raws))
-    config = Config(pinning, uplinks, path)
+    raws = doc.get("class", [])
+    if not isinstance(raws, list):
+        raise ConfigError(path, "class", "must be an array of tables ([[class]])")
+    names = {u.name for u in uplinks}
+    classes = tuple(parse_class(path, i, c, names) for i, c in enumerate(raws))
+    config = Config(pinning, uplinks, path, classes)
     _check_whole(config)
+    _check_selection(config)
     return config
 
 
@@ -337,8 +310,11 @@ def _uplink(path: str, i: int, raw: Any, pinning: Pinning) -> Uplink:
     gateway6 = _gateway(path, f"{where}.gateway6", raw.get("gateway6"), 6)
     nptv6 = _nptv6(path, f"{where}.nptv6", raw.get("nptv6", {}))
     masq6 = _bool(path, f"{where}.masquerade6", raw.get("masquerade6", _UPLINK["masquerade6"]))
+    weight = raw.get("weight", _UPLINK["weight"])
+    if "weight" in raw:
+        weight = _int(path, f"{where}.weight", weight, 1, MAX_WEIGHT)
     return Uplink(name, iface, gateway, masq, mark, priority, failback, on_down, gateway6,
-                  nptv6, masq6)
+                  nptv6, masq6, weight)
 
 
 def _address(text: Any, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -477,3 +453,15 @@ def _check_whole(config: Config) -> None:
               "rule priorities {} overlap the kernel's default rules at {} "
               "(choose e.g. rule_priority = 10000)")
     exact_marks(config)  # raises ConfigError on collisions
+
+
+def _check_selection(config: Config) -> None:
+    """[[class]] names are unique; choosing uplinks needs the nftables backend."""
+    seen: set[str] = set()
+    for i, c in enumerate(config.classes):
+        if c.name in seen:
+            raise ConfigError(config.path, f"class[{i}].name", f"{c.name!r} is used twice")
+        seen.add(c.name)
+    if config.selecting and config.pinning.backend == "iptables":
+        raise ConfigError(config.path, "pinning.backend", "\"iptables\" cannot choose uplinks "
+                          "(weight, [[class]]): use \"nftables\" or leave those keys out")

@@ -250,11 +250,14 @@ class Result:
 
 
 def run(config: Config, machine: Machine, *, going_down: frozenset[str] = frozenset(),
-        remove: bool = False, effects: bool = True) -> Result:
-    """Compute, diff and (with effects) apply; on failure undo what was done and raise."""
+        remove: bool = False, effects: bool = True, dead: frozenset[str] = frozenset()
+        ) -> Result:
+    """Compute, diff and (with effects) apply; on failure undo what was done and raise.
+    `dead`: uplinks new connections must avoid (when connpin chooses uplinks)."""
     observed = machine.observe(config)
     have = machine.installed(scope(config, observed))
-    want = D.nothing(config, observed) if remove else D.compute(config, observed, going_down)
+    want = (D.nothing(config, observed) if remove
+            else D.compute(config, observed, going_down, dead))
     steps = diff(want, observed, have)
     result = Result(want, observed, have, steps)
     if not effects:
@@ -280,9 +283,10 @@ def run(config: Config, machine: Machine, *, going_down: frozenset[str] = frozen
 
 
 def verify(config: Config, machine: Machine, going_down: frozenset[str] = frozenset(),
-           remove: bool = False) -> list[Step]:
+           remove: bool = False, dead: frozenset[str] = frozenset()) -> list[Step]:
     """What still differs after an apply (empty when the kernel matches the plan)."""
-    return run(config, machine, going_down=going_down, remove=remove, effects=False).steps
+    return run(config, machine, going_down=going_down, remove=remove, effects=False,
+               dead=dead).steps
 
 
 class Imagined:

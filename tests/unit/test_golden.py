@@ -21,15 +21,17 @@ CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "connpin.toml").exists()
 
 def _render(case: str) -> dict[str, str]:
     config = model.load(GOLDEN / case / "connpin.toml")
-    config = model.Config(config.pinning, config.uplinks, "connpin.toml")
+    config = replace(config, path="connpin.toml")
     result = reconcile.run(config, reconcile.Imagined(), effects=False)
-    ipt = replace(config, pinning=replace(config.pinning, backend="iptables"))
-    ipt_result = reconcile.run(ipt, reconcile.Imagined(), effects=False)
-    return {
+    out = {
         "plan.txt": plan.text(config, result, live=False),
         "plan.json": json.dumps(plan.as_dict(config, result, live=False), indent=2) + "\n",
-        "plan-iptables.txt": plan.text(ipt, ipt_result, live=False),
     }
+    if not config.selecting:  # choosing uplinks is nftables only (refused with iptables)
+        ipt = replace(config, pinning=replace(config.pinning, backend="iptables"))
+        ipt_result = reconcile.run(ipt, reconcile.Imagined(), effects=False)
+        out["plan-iptables.txt"] = plan.text(ipt, ipt_result, live=False)
+    return out
 
 
 @pytest.mark.parametrize("case", CASES)

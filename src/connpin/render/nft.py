@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from connpin.const import CHOICE_SPACE as SPACE
 from connpin.const import NEVER_PINNED6
 
 if TYPE_CHECKING:
-    from connpin.model import Config
+    from connpin.choice import Choice
+    from connpin.model import Class, Config
     from connpin.values import UplinkState
 
 HEADER = "# connpin ruleset: generated, replaced as a whole on every apply; do not edit.\n"
@@ -36,8 +38,89 @@ def _hex(v: int) -> str:
     return f"{v:#010x}"
 
 
-def body(config: Config, uplinks: Sequence[UplinkState]) -> str:
-    """The `table inet NAME { ... }` block."""
+_L4 = {"icmpv6": "ipv6-icmp"}
+#: Where new connections are not chosen an uplink: to the router itself, broadcast, multicast.
+_NOT_CHOSEN = "fib daddr type != { local, broadcast, multicast }"
+
+
+def _ports(p: tuple[int, int]) -> str:
+    return str(p[0]) if p[0] == p[1] else f"{p[0]}-{p[1]}"
+
+
+def _nets(key: str, nets: tuple[str, ...], family: int) -> str:
+    mine = [n for n in nets if (":" in n) == (family == 6)]
+    return f"{key} {mine[0]}" if len(mine) == 1 else f"{key} {{ {', '.join(mine)} }}"
+
+
+def class_match(cls: Class, family: int) -> str:
+    """The nft match of a [[class]] in one family ("" matches everything)."""
+    ip = "ip6" if family == 6 else "ip"
+    out = []
+    if cls.protocol:
+        out.append(f"meta l4proto {_L4.get(cls.protocol, cls.protocol)}")
+    if cls.dport:
+        out.append(f"th dport {_ports(cls.dport)}")
+    if cls.sport:
+        out.append(f"th sport {_ports(cls.sport)}")
+    if cls.source:
+        out.append(_nets(f"{ip} saddr", cls.source, family))
+    if cls.destination:
+        out.append(_nets(f"{ip} daddr", cls.destination, family))
+    return " ".join(out)
+
+
+def _choose_maps(choices: Sequence[Choice]) -> list[str]:
+    """One named map per class and family (elements only change when uplinks die or revive)."""
+    out = []
+    for c in choices:
+        kind = f"class {c.name}" if c.cls else "the default class (all uplinks)"
+        how = "hash of the source" if c.sticky else "random number"
+        out.append(f"\t# new connections of {kind}, IPv{c.family}: {how} -> uplink pin chain")
+        out.append(f"\tmap choose{c.family}_{c.name} {{\n"
+                   f"\t\ttypeof numgen random mod {SPACE} : verdict\n\t\tflags interval")
+        if c.slices:
+            elems = ",\n\t\t\t".join(f"{s.first}-{s.last} : jump pin_{s.index}"
+                                       for s in c.slices)
+            out.append(f"\t\telements = {{ {elems} }}")
+        out.append("\t}\n")
+    return out
+
+
+def _choose_chains(choices: Sequence[Choice]) -> list[str]:
+    """Per family, chain chooseF: the first matching class wins (goto its chain), else the
+    default class. A class without a live uplink chooses nothing (the routing table decides)."""
+    out = []
+    for family in (4, 6):
+        mine = [c for c in choices if c.family == family]
+        if not mine:
+            continue
+        ip = "ip6" if family == 6 else "ip"
+        rules = []
+        for c in mine:
+            key = f"jhash {ip} saddr mod {SPACE}" if c.sticky else f"numgen random mod {SPACE}"
+            pick = f"{key} vmap @choose{family}_{c.name}"
+            if c.cls is None:
+                rules.append(pick)
+                continue
+            match = class_match(c.cls, family)
+            rules.append(f"{match} goto choose{family}_{c.name}".strip())
+            out.append(f"\tchain choose{family}_{c.name} {{\n\t\t{pick}\n\t}}\n")
+        out.append(f"\t# IPv{family}: the uplink of a new connection from the inside, chosen once")
+        out.append(f"\tchain choose{family} {{\n" + "".join(f"\t\t{r}\n" for r in rules)
+                   + "\t}\n")
+    return out
+
+
+def _choose_rule(mask: int, family: int, output: bool = False) -> str:
+    unmarked = f" meta mark and {_hex(mask)} == 0" if output else ""
+    return (f"\t\tmeta nfproto ipv{family} ct state new ct mark and {_hex(mask)} == 0{unmarked} "
+            f"{_NOT_CHOSEN} jump choose{family}\n")
+
+
+def body(config: Config, uplinks: Sequence[UplinkState],
+         choices: Sequence[Choice] = ()) -> str:
+    """The `table inet NAME { ... }` block. `choices` (connpin choosing uplinks): their maps
+    and chains, and the rules that jump there for new, unpinned connections from the inside."""
     mask = config.pinning.mark_mask
     keep = _hex(~mask & 0xFFFFFFFF)
     name = config.pinning.nft_table
@@ -64,6 +147,7 @@ def body(config: Config, uplinks: Sequence[UplinkState]) -> str:
     if masq6:
         elems = ", ".join(f'"{i}"' for i in masq6)
         out.append(f"\tset masq6_ifaces {{\n\t\ttype ifname\n\t\telements = {{ {elems} }}\n\t}}\n")
+    out += _choose_maps(choices)
     out.append("\tset never_pinned6 {\n\t\ttype ipv6_addr\n\t\tflags interval\n"
                f"\t\telements = {{ {', '.join(NEVER_PINNED6)} }}\n\t}}\n")
     for u in uplinks:  # one slot per interface: alloc never gives two the same mark
@@ -72,15 +156,22 @@ def body(config: Config, uplinks: Sequence[UplinkState]) -> str:
                    f"\t\tct mark set ct mark and {keep} or {_hex(u.slot.mark)}\n\t}}\n")
         out.append(f"\tchain restore_{u.slot.index} {{\n"
                    f"\t\tmeta mark set meta mark and {keep} or {_hex(u.slot.mark)}\n\t}}\n")
+    out += _choose_chains(choices)
+    pick4 = _choose_rule(mask, 4) if choices else ""
+    pick6 = _choose_rule(mask, 6) if choices else ""
+    out4 = _choose_rule(mask, 4, output=True) if choices else ""
+    out6 = _choose_rule(mask, 6, output=True) if choices else ""
     out.append(
         "\t# arriving on an uplink: pin new connections to it; then every packet of a pinned\n"
         "\t# connection (forwarded or to the router) carries its uplink's mark for routing\n"
         "\tchain prerouting {\n"
         "\t\ttype filter hook prerouting priority mangle; policy accept;\n"
         "\t\tmeta nfproto ipv4 ct state new iifname vmap @uplink_by_iface\n"
+        + pick4 +
         f"\t\tmeta nfproto ipv4 ct mark and {_hex(mask)} vmap @restore_by_mark\n"
         + _SKIP6 +
         "\t\tmeta nfproto ipv6 ct state new iifname vmap @uplink_by_iface\n"
+        + pick6 +
         f"\t\tmeta nfproto ipv6 ct mark and {_hex(mask)} vmap @restore_by_mark\n"
         "\t}\n"
     )
@@ -88,8 +179,9 @@ def body(config: Config, uplinks: Sequence[UplinkState]) -> str:
         "\t# the router's own packets of pinned connections: marked, then re-routed (type route)\n"
         "\tchain output {\n"
         "\t\ttype route hook output priority mangle; policy accept;\n"
+        + out4 +
         f"\t\tmeta nfproto ipv4 ct mark and {_hex(mask)} vmap @restore_by_mark\n"
-        + _SKIP6 +
+        + _SKIP6 + out6 +
         f"\t\tmeta nfproto ipv6 ct mark and {_hex(mask)} vmap @restore_by_mark\n"
         "\t}\n"
     )
@@ -133,9 +225,10 @@ def body(config: Config, uplinks: Sequence[UplinkState]) -> str:
     return "\n".join(out) + "\n"
 
 
-def render(config: Config, uplinks: Sequence[UplinkState]) -> str:
+def render(config: Config, uplinks: Sequence[UplinkState],
+           choices: Sequence[Choice] = ()) -> str:
     """The whole ruleset as shown by `plan`."""
-    return HEADER + body(config, uplinks)
+    return HEADER + body(config, uplinks, choices)
 
 
 def transaction(table: str, ruleset: str | None) -> str:
