@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
-from connpin.fields import ConfigError, _choice, _unknown
+from connpin.fields import ConfigError, _choice, _entry
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 #: protocols a [[class]] may name; ports only with the ones that have them
@@ -71,12 +71,7 @@ def _networks(path: str, fld: str, raw: Any) -> tuple[str, ...]:
 
 def parse_class(path: str, i: int, raw: Any, uplinks: set[str]) -> Class:
     where = f"class[{i}]"
-    if not isinstance(raw, dict):
-        raise ConfigError(path, where, "must be a table")
-    _unknown(path, f"{where}.", raw, _CLASS_KEYS)
-    for key in ("name", "uplinks"):
-        if key not in raw:
-            raise ConfigError(path, f"{where}.{key}", "is required")
+    raw = _entry(path, where, raw, _CLASS_KEYS, ("name", "uplinks"))
     name = raw["name"]
     if not isinstance(name, str) or not _NAME.match(name) or name == "default":
         raise ConfigError(path, f"{where}.name", f"{name!r} is not a valid class name "

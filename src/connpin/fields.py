@@ -50,3 +50,15 @@ def _unknown(path: str, where: str, got: dict, known: set[str]) -> None:
     if extra:
         hint = ", ".join(sorted(known))
         raise ConfigError(path, f"{where}{extra[0]}", f"unknown key (known keys: {hint})")
+
+
+def _entry(path: str, where: str, raw: Any, known: set[str], required: tuple[str, ...]) -> dict:
+    """An entry of an array of tables ([[uplink]], [[class]]): a table with only known keys and
+    every required one."""
+    if not isinstance(raw, dict):
+        raise ConfigError(path, where, "must be a table")
+    _unknown(path, f"{where}.", raw, known)
+    for key in required:
+        if key not in raw:
+            raise ConfigError(path, f"{where}.{key}", "is required")
+    return raw

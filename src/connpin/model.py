@@ -19,7 +19,7 @@ from typing import Any
 
 from connpin import alloc
 from connpin.classes import Class, parse_class
-from connpin.fields import ConfigError, _bool, _choice, _int, _unknown
+from connpin.fields import ConfigError, _bool, _choice, _entry, _int, _unknown
 
 DEFAULT_CONFIG = "/etc/connpin/connpin.toml"
 
@@ -261,12 +261,7 @@ def parse(doc: dict, path: str = "<config>") -> Config:
 
 def _uplink(path: str, i: int, raw: Any, pinning: Pinning) -> Uplink:
     where = f"uplink[{i}]"
-    if not isinstance(raw, dict):
-        raise ConfigError(path, where, "must be a table")
-    _unknown(path, f"{where}.", raw, _UPLINK_KEYS)
-    for key in ("name", "interface"):
-        if key not in raw:
-            raise ConfigError(path, f"{where}.{key}", "is required")
+    raw = _entry(path, where, raw, _UPLINK_KEYS, ("name", "interface"))
     name = raw["name"]
     if not isinstance(name, str) or not _UPLINK_NAME.match(name):
         raise ConfigError(
