@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from connpin import alloc
+from connpin.health import settings as health_settings
+from connpin.health import targets as health_targets
+from connpin.health.tracker import Params as HealthParams
 
 DEFAULT_CONFIG = "/etc/connpin/connpin.toml"
 
@@ -90,6 +93,8 @@ class Uplink:
     nptv6: tuple[tuple[str, str], ...] = ()
     # IPv6 masquerade (NAT66) is its own switch: delegated prefixes usually need no NAT at all.
     masquerade6: bool = False
+    # health checks (docs/health.md): probed through this uplink by `connpin watch`
+    check: tuple[health_targets.Target, ...] = ()
 
     @property
     def ethernet6(self) -> bool:
@@ -142,6 +147,7 @@ class Config:
     pinning: Pinning = field(default_factory=Pinning)
     uplinks: tuple[Uplink, ...] = ()
     path: str = "<config>"
+    health: HealthParams = field(default_factory=HealthParams)  # [health]
 
     def uplink(self, name: str) -> Uplink | None:
         return next((u for u in self.uplinks if u.name == name), None)
@@ -253,7 +259,7 @@ def _unknown(path: str, where: str, got: dict, known: set[str]) -> None:
 
 def parse(doc: dict, path: str = "<config>") -> Config:
     """Validate a decoded TOML document into a Config."""
-    _unknown(path, "", doc, {"pinning", "uplink"})
+    _unknown(path, "", doc, {"pinning", "uplink", "health"})
     raw = doc.get("pinning", {})
     if not isinstance(raw, dict):
         raise ConfigError(path, "pinning", "must be a table ([pinning])")
@@ -281,7 +287,7 @@ def parse(doc: dict, path: str = "<config>") -> Config:
     if not isinstance(raws, list):
         raise ConfigError(path, "uplink", "must be an array of tables ([[uplink]])")
     uplinks = tuple(_uplink(path, i, u, pinning) for i, u in enumerate(raws))
-    config = Config(pinning, uplinks, path)
+    config = Config(pinning, uplinks, path, health=_health(path, doc.get("health", {})))
     _check_whole(config)
     return config
 
@@ -337,8 +343,22 @@ def _uplink(path: str, i: int, raw: Any, pinning: Pinning) -> Uplink:
     gateway6 = _gateway(path, f"{where}.gateway6", raw.get("gateway6"), 6)
     nptv6 = _nptv6(path, f"{where}.nptv6", raw.get("nptv6", {}))
     masq6 = _bool(path, f"{where}.masquerade6", raw.get("masquerade6", _UPLINK["masquerade6"]))
+    try:
+        check = health_targets.parse_all(raw["check"]) if "check" in raw else ()
+    except ValueError as e:
+        raise ConfigError(path, f"{where}.check", str(e)) from None
     return Uplink(name, iface, gateway, masq, mark, priority, failback, on_down, gateway6,
-                  nptv6, masq6)
+                  nptv6, masq6, check=check)
+
+
+def _health(path: str, raw: Any) -> HealthParams:
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "health", "must be a table ([health])")
+    _unknown(path, "health.", raw, set(health_settings.KEYS))
+    try:
+        return health_settings.params(raw)
+    except health_settings.Invalid as e:
+        raise ConfigError(path, f"health.{e.key}" if e.key else "health", e.message) from None
 
 
 def _address(text: Any, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
