@@ -191,3 +191,26 @@ def test_hooks_directory_from_the_environment(monkeypatch, tmp_path: Path) -> No
     hooks = health.Hooks(print)
     assert hooks.directory == health.EVENTS_DIR
     hooks.close()
+
+
+def test_status_shows_health_from_the_record() -> None:
+    from connpin.render import status
+
+    row = {"up": True, "state": "up", "mark": "0x1", "table": 1, "rule_in_place": True,
+           "route_in_place": True}
+    report = {"uplinks": [{"uplink": "a", "interface": "wan0", **row},
+                          {"uplink": "c", "interface": "wan9", **row}],
+              "patterns_without_interfaces": [], "nft_table": "inet connpin",
+              "nft_in_place": True, "drift": []}
+    figures = {"state": "dead", "since": "2026-12-02 14:31:02", "reason": "all lost",
+               "interface": "wan0",
+               "targets": [{"target": "icmp:192.0.2.1", "rtt_ms": 1.25, "srtt_ms": 1.3,
+                            "loss": 0.25, "probes": 8, "lost": 2},
+                           {"target": "icmp:192.0.2.2", "rtt_ms": None, "srtt_ms": None,
+                            "loss": None, "probes": 0, "lost": 0}]}
+    status.add_health(report, None)
+    assert "health" not in status.text(report)
+    status.add_health(report, {"pid": 1, "health": {"a": figures}})
+    assert report["uplinks"][0]["health"] == figures and "health" not in report["uplinks"][1]
+    assert "health a: dead since 2026-12-02 14:31:02 (all lost); icmp:192.0.2.1 1.25 ms " \
+        "25% loss, icmp:192.0.2.2 -" in status.text(report).splitlines()
