@@ -22,6 +22,7 @@ import queue
 import subprocess
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -207,7 +208,10 @@ class Health:
                 try:
                     self.step()
                 except Exception as e:  # noqa: BLE001 - probing goes on; the loop is not hurt
-                    self.log(f"health: probing failed ({type(e).__name__}: {e}); retrying")
+                    tb = traceback.extract_tb(e.__traceback__)[-1]
+                    where = f"{os.path.basename(tb.filename)}:{tb.lineno}"
+                    self.log(f"health: probing failed ({type(e).__name__}: {e}, at {where}); "
+                             "retrying")
                     self._stop.wait(1.0)
         finally:
             self._prober.close()
