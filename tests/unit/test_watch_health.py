@@ -214,3 +214,24 @@ def test_status_shows_health_from_the_record() -> None:
     assert report["uplinks"][0]["health"] == figures and "health" not in report["uplinks"][1]
     assert "health a: dead since 2026-12-02 14:31:02 (all lost); icmp:192.0.2.1 1.25 ms " \
         "25% loss, icmp:192.0.2.2 -" in status.text(report).splitlines()
+
+
+def test_daemon_takes_transitions_logs_hooks_converges_and_records(monkeypatch) -> None:  # noqa: ANN001
+    from connpin.watch import daemon, record
+
+    saved: list[dict] = []
+    monkeypatch.setattr(record, "save", saved.append)
+    lines: list[str] = []
+    w = daemon.Watcher("c.toml", CONFIG, log=lines.append)
+    t = Transition("a", "alive", "dead", 1.0, "all 2 targets lost 5 of their last 5 probes")
+    figures = {"a": {"state": "dead"}, "b": {"state": "alive"}}
+    w.health = SimpleNamespace(take=lambda: ([t], figures))
+    ran: list[Transition] = []
+    w.hooks = SimpleNamespace(run=ran.append)
+    w._health_take()
+    assert lines == [health.transition_line(t)] and ran == [t]
+    assert w.sched.take() == {"health a": "alive -> dead"}
+    assert saved[-1]["health"] == figures and saved[-1]["dead"] == ["a"]
+    w.health = SimpleNamespace(take=lambda: ([], figures))
+    w._health_take()
+    assert len(saved) == 1  # nothing new: no write
