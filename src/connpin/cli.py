@@ -310,6 +310,7 @@ def _status(config: model.Config, args: argparse.Namespace) -> int:
     found = _conflicts(config)  # e.g. another tool started after connpin
     report["conflicts"] = [c.as_dict() for c in found]
     report["watch"] = record.load()  # the daemon's own word: a failure that persists
+    render_status.add_health(report, report["watch"])  # and, with `check`, uplinks' health
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -20,6 +20,9 @@ from typing import Any
 from connpin import alloc
 from connpin.classes import Class, parse_class
 from connpin.fields import ConfigError, _bool, _choice, _entry, _int, _unknown
+from connpin.health import settings as health_settings
+from connpin.health import targets as health_targets
+from connpin.health.tracker import Params as HealthParams
 
 DEFAULT_CONFIG = "/etc/connpin/connpin.toml"
 
@@ -78,6 +81,8 @@ class Uplink:
     # share of new connections inside its tier (`priority`) when connpin chooses uplinks
     # (docs/design.md#choosing-uplinks); 0 = not given (1 once any uplink or [[class]] asks)
     weight: int = 0
+    # health checks (docs/health.md): probed through this uplink by `connpin watch`
+    check: tuple[health_targets.Target, ...] = ()
 
     @property
     def ethernet6(self) -> bool:
@@ -136,6 +141,7 @@ class Config:
     def selecting(self) -> bool:
         """connpin chooses the uplink of new connections (some weight or a [[class]])."""
         return bool(self.classes) or any(u.weight for u in self.uplinks)
+    health: HealthParams = field(default_factory=HealthParams)  # [health]
 
     def uplink(self, name: str) -> Uplink | None:
         return next((u for u in self.uplinks if u.name == name), None)
@@ -220,7 +226,7 @@ def loads(text: str, path: str = "<config>") -> Config:
 
 def parse(doc: dict, path: str = "<config>") -> Config:
     """Validate a decoded TOML document into a Config."""
-    _unknown(path, "", doc, {"pinning", "uplink", "class"})
+    _unknown(path, "", doc, {"pinning", "uplink", "class", "health"})
     raw = doc.get("pinning", {})
     if not isinstance(raw, dict):
         raise ConfigError(path, "pinning", "must be a table ([pinning])")
@@ -253,7 +259,8 @@ def parse(doc: dict, path: str = "<config>") -> Config:
         raise ConfigError(path, "class", "must be an array of tables ([[class]])")
     names = {u.name for u in uplinks}
     classes = tuple(parse_class(path, i, c, names) for i, c in enumerate(raws))
-    config = Config(pinning, uplinks, path, classes)
+    config = Config(pinning, uplinks, path, classes,
+                    health=_health(path, doc.get("health", {})))
     _check_whole(config)
     _check_selection(config)
     return config
@@ -308,8 +315,22 @@ def _uplink(path: str, i: int, raw: Any, pinning: Pinning) -> Uplink:
     weight = raw.get("weight", _UPLINK["weight"])
     if "weight" in raw:
         weight = _int(path, f"{where}.weight", weight, 1, MAX_WEIGHT)
+    try:
+        check = health_targets.parse_all(raw["check"]) if "check" in raw else ()
+    except ValueError as e:
+        raise ConfigError(path, f"{where}.check", str(e)) from None
     return Uplink(name, iface, gateway, masq, mark, priority, failback, on_down, gateway6,
-                  nptv6, masq6, weight)
+                  nptv6, masq6, weight, check)
+
+
+def _health(path: str, raw: Any) -> HealthParams:
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "health", "must be a table ([health])")
+    _unknown(path, "health.", raw, set(health_settings.KEYS))
+    try:
+        return health_settings.params(raw)
+    except health_settings.Invalid as e:
+        raise ConfigError(path, f"health.{e.key}" if e.key else "health", e.message) from None
 
 
 def _address(text: Any, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

@@ -127,7 +127,8 @@ class Prober:
         try:
             s.setblocking(False)
             if via.mark is not None:
-                s.setsockopt(socket.SOL_SOCKET, SO_MARK, via.mark)
+                # as u32 bytes: marks with the top bit set overflow setsockopt's C int
+                s.setsockopt(socket.SOL_SOCKET, SO_MARK, struct.pack("=I", via.mark))
             if via.device is not None:
                 s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, via.device.encode())
             src = via.source_for(family)

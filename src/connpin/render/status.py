@@ -57,6 +57,21 @@ def build(config: Config, result: Any,
     }
 
 
+def add_health(report: dict, watch: dict | None) -> None:
+    """Each uplink's health from the daemon's record (`connpin watch` with `check`)."""
+    figures = (watch or {}).get("health") or {}
+    for u in report["uplinks"]:
+        if u["uplink"] in figures:
+            u["health"] = figures[u["uplink"]]
+
+
+def _health(name: str, h: dict) -> str:
+    parts = [f"{t['target']} " + ("-" if t["rtt_ms"] is None else f"{t['rtt_ms']:g} ms")
+             + ("" if t["loss"] is None else f" {t['loss']:.0%} loss") for t in h["targets"]]
+    return (f"health {name}: {h['state']} since {h['since']} ({h['reason']})"
+            + ("; " + ", ".join(parts) if parts else ""))
+
+
 def _pinned(u: dict) -> str:
     n = u.get("connections", 0)
     if u.get("bytes") is None:
@@ -89,6 +104,11 @@ def text(report: dict) -> str:
                "ok" if u["route_in_place"] else "MISSING", ipv6)
         rows.append(row + ((_pinned(u),) if counted else ()))
     lines = columns(rows)
+    shown = set()
+    for u in report["uplinks"]:
+        if "health" in u and u["uplink"] not in shown:
+            shown.add(u["uplink"])
+            lines.append(_health(u["uplink"], u["health"]))
     for w in report["patterns_without_interfaces"]:
         lines.append(f"{w['uplink']}: no interface matches {w['pattern']!r} yet")
     what = report["nft_table"]

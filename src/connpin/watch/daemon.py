@@ -68,6 +68,10 @@ class Watcher:
         self._stop = False
         self._hup = False
         self.machine: Any = None
+        self.health: Any = None  # watch.health.Health while any uplink has `check`
+        self.hooks: Any = None  # watch.health.Hooks (events.d), made with the first Health
+        self.health_record: dict[str, dict] = {}  # uplink -> figures, for `connpin status`
+        self._wake_w = -1
 
     def _relevant(self, name: str) -> bool:
         return self.config.match(name) is not None
@@ -127,6 +131,10 @@ class Watcher:
             os.close(null)
 
     # -- converging -------------------------------------------------------------------------------
+    def _dead(self) -> frozenset[str]:
+        """Uplinks dead by their health check (none while nothing is checked)."""
+        return self.health.dead if self.health is not None else frozenset()
+
     def converge(self, why: str) -> None:
         """One engine.converge; log one line per uplink whose state changed."""
         events = self.sched.take()
@@ -139,13 +147,15 @@ class Watcher:
                 from connpin.kernel.machine import Kernel
 
                 self.machine = Kernel()
-            out = engine.converge(self.config, machine=self.machine)
+            # uplinks dead by their health check get no new connection (when connpin chooses)
+            out = engine.converge(self.config, machine=self.machine, dead=self._dead())
         except Exception as e:  # noqa: BLE001 - the daemon stays up and retries
             lines = str(e).strip().splitlines()
             cause = lines[0][:300] if lines else type(e).__name__
         if out is not None:
             self.last_ms = out.ms
             self._remember(out.result)
+            self._health_update(out.result)
             if out.left:
                 # Usually the kernel moved on between applying and verifying (the next event
                 # is on its way): converge again at once; a failure only if it persists.
@@ -178,13 +188,56 @@ class Watcher:
             since = time.time() - (self.clock() - f.since)
             failing = {"since": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)),
                        "attempts": f.attempts, "cause": f.cause}
-        record.save({"pid": os.getpid(), "failing": failing})
+        rec: dict[str, Any] = {"pid": os.getpid(), "failing": failing}
+        if self.health is not None:
+            rec["health"] = self.health_record
+            rec["dead"] = sorted(n for n, h in self.health_record.items()
+                                 if h["state"] == "dead")
+        record.save(rec)
 
     def _status(self, ping: bool = False) -> None:
         f = self.sched.failure if self.sched.backing_off else None
         ago = None if self.sched.last_end == float("-inf") else self.clock() - self.sched.last_end
         line = status_line(*self.counts, ago, self.last_ms, f.cause if f else None)
         notify(("WATCHDOG=1\n" if ping else "") + f"STATUS={line}")
+
+    # -- health tracking (watch.health) ------------------------------------------------------------
+    def _health_update(self, result: Any) -> None:
+        """After a converge: probe the uplinks with `check` as they are now (a thread)."""
+        from connpin.watch import health
+
+        if not any(u.check for u in self.config.uplinks):
+            self._health_stop()
+            return
+        if self.health is not None and self.health.params != self.config.health:
+            self._health_stop()  # a reload changed [health]: start over
+        if self.health is None:
+            self.hooks = self.hooks or health.Hooks(self.log)
+            self.health = health.Health(self.config.health, health.wake_fd(self._wake_w),
+                                        self.log, self.clock)
+            self.health.start()
+        self.health.update(*health.wanted(self.config, result))
+
+    def _health_stop(self) -> None:
+        if self.health is not None:
+            self.health.stop()
+            self.health = None
+            self.health_record = {}
+
+    def _health_take(self) -> None:
+        """Transitions: a log line, the events.d hooks, a converge; figures: the record."""
+        if self.health is None:
+            return
+        from connpin.watch import health
+
+        transitions, snap = self.health.take()
+        for t in transitions:
+            self.log(health.transition_line(t))
+            self.hooks.run(t)
+            self.sched.event(f"health {t.uplink}", f"{t.old} -> {t.new}")
+        if snap != self.health_record:
+            self.health_record = snap
+            self._record()
 
     def _remember(self, result: Any) -> None:
         self.classifier.learn({link.index: link.name
@@ -266,9 +319,10 @@ class Watcher:
         handled = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
         old = {s: signal.signal(s, self._on_signal) for s in handled}
         code = 0
+        self._wake_w = wake_w
         try:
             self._open()
-            record.save({"pid": os.getpid(), "failing": None})
+            self._record()
             self.converge("start")
             if engine.pending():  # a restart picks up busy connections still waiting
                 self.sched.sweep_soon()
@@ -283,6 +337,9 @@ class Watcher:
             code = 1
         finally:
             notify("STOPPING=1")
+            self._health_stop()
+            if self.hooks is not None:
+                self.hooks.close()
             self._close()
             record.clear()
             signal.set_wakeup_fd(old_wakeup)
@@ -316,6 +373,7 @@ class Watcher:
             return
         self._inject_fault()
         self._take()
+        self._health_take()
         if self._hup:
             self._hup = False
             notify("RELOADING=1")

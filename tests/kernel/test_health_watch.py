@@ -1,0 +1,98 @@
+"""Health tracking in `connpin watch` on the real kernel: the daemon runs in the lab's router with
+`check` on both uplinks (targets on the internet host, behind the ISPs); an ISP that blackholes
+everything beyond its first hop is shown dead by `connpin status`, an events.d hook runs with the
+uplink, old and new state and reason in its environment, the daemon logs the transition; when the
+fault is cleared the uplink is alive again after the stable period. Deadlines, not sleeps.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from helpers import KERNEL
+from test_watch import Daemon, status, watching
+
+from connpin.lab import Lab, faults
+
+pytestmark = KERNEL
+
+EXTRA = "203.0.113.11"  # a second internet address, on the net host's lo
+HOOK = """#!/bin/sh
+printf '%s|%s|%s|%s\\n' "$CONNPIN_UPLINK" "$CONNPIN_OLD" "$CONNPIN_NEW" "$CONNPIN_REASON" >> {out}
+"""
+
+
+def health_of(lab: Lab) -> dict[str, dict]:
+    return {u["uplink"]: u["health"] for u in status(lab)["uplinks"] if "health" in u}
+
+
+def wait_health(lab: Lab, want: dict[str, str], daemon: Daemon, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = health_of(lab)
+        if all(got.get(n, {}).get("state") == s for n, s in want.items()):
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"health not {want} after {timeout:g} s: {got}\n{daemon.log}")
+        time.sleep(0.05)
+
+
+def wait_lines(path, count: int, timeout: float) -> list[str]:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+def test_watch_health_blackhole_status_hooks_and_recovery() -> None:
+    with Lab(("ppp", "eth")) as lab:
+        for k in lab.ks:
+            lab.uplink_up(k)
+        lab.exec("net", ["ip", "addr", "add", f"{EXTRA}/32", "dev", "lo"])
+        check = f'check = ["icmp:{Lab.SERVER}", "icmp:{EXTRA}", "tcp:{Lab.SERVER}:443"]'
+        lab.write_config(re.sub(r'(interface = "[^"]+"\n)', rf"\1{check}\n",
+                                lab.default_config(masquerade=True)))
+        events = lab.workdir / "events.d"
+        events.mkdir()
+        out = lab.workdir / "events.out"
+        (events / "10-log").write_text(HOOK.format(out=out))
+        (events / "10-log").chmod(0o755)
+        with watching(lab, env={"CONNPIN_EVENTS_DIR": str(events)}) as daemon:
+            got = wait_health(lab, {"isp1": "alive", "isp2": "alive"}, daemon, 15)
+            assert [t["target"] for t in got["isp1"]["targets"]] == [
+                f"icmp:{Lab.SERVER}", f"icmp:{EXTRA}", f"tcp:{Lab.SERVER}:443"]
+            assert wait_lines(out, 2, 10) and not faults.dropped(lab, 1)
+            n_lines, n_events = len(daemon.lines), len(wait_lines(out, 2, 0))
+
+            started = time.monotonic()
+            faults.blackhole(lab, 1)
+            got = wait_health(lab, {"isp1": "dead", "isp2": "alive"}, daemon, 10)
+            shown = time.monotonic() - started
+            line = daemon.wait_log(r"health: isp1 alive -> dead \(all 3 targets lost",
+                                   after=n_lines)
+            logged = daemon.times[daemon.lines.index(line)] - started
+            print(f"\nblackhole -> logged dead {logged:.2f} s, status shows dead {shown:.2f} s")
+            assert got["isp1"]["interface"] == lab.iface(1)
+            assert all(t["loss"] > 0 for t in got["isp1"]["targets"])
+            assert all(t["rtt_ms"] is not None for t in got["isp2"]["targets"])
+            report = status(lab)
+            assert report["watch"]["dead"] == ["isp1"]
+            hooked = wait_lines(out, n_events + 1, 10)[n_events:]
+            assert hooked and hooked[0].startswith("isp1|alive|dead|all 3 targets lost"), hooked
+            text = lab.connpin("status", check=False).stdout
+            assert re.search(r"^health isp1: dead since \S+ \S+ \(all 3 targets", text, re.M), text
+
+            n_lines = len(daemon.lines)
+            started = time.monotonic()
+            faults.clear(lab, 1)
+            wait_health(lab, {"isp1": "alive", "isp2": "alive"}, daemon, 15)
+            recovered = time.monotonic() - started
+            daemon.wait_log(r"health: isp1 dead -> alive \(answers for", after=n_lines)
+            print(f"fault cleared -> status shows alive {recovered:.2f} s")
+            hooked = wait_lines(out, n_events + 2, 10)[n_events:]
+            assert hooked[1].startswith("isp1|dead|alive|answers for"), hooked
+            assert status(lab)["watch"]["dead"] == []
+            assert not [ln for ln in daemon.lines if "isp2 alive -> " in ln]
