@@ -96,3 +96,36 @@ def test_watch_health_blackhole_status_hooks_and_recovery() -> None:
             assert hooked[1].startswith("isp1|dead|alive|answers for"), hooked
             assert status(lab)["watch"]["dead"] == []
             assert not [ln for ln in daemon.lines if "isp2 alive -> " in ln]
+
+
+def test_watch_moves_new_connections_off_a_dead_uplink_and_back() -> None:
+    """Health and selection together (issue 14): isp1 is the best tier, isp2 the next. When isp1
+    is blackholed beyond its first hop (link up), new connections leave by isp2 once the daemon
+    declares it dead; when it recovers they return to isp1 after the stable period."""
+    with Lab(("ppp", "eth")) as lab:
+        for k in lab.ks:
+            lab.uplink_up(k)
+        keys = f'check = ["icmp:{Lab.SERVER}", "tcp:{Lab.SERVER}:443"]\nweight = 1'
+        text = lab.default_config(masquerade=True)
+        for k in lab.ks:
+            text = text.replace(f'name = "isp{k}"\n', f'name = "isp{k}"\npriority = {k}\n{keys}\n')
+        lab.write_config(text)
+        with watching(lab) as daemon:
+            wait_health(lab, {"isp1": "alive", "isp2": "alive"}, daemon, 15)
+            assert {lab.uplink_of(lab.connect(timeout=5.0)) for _ in range(5)} == {1}
+
+            started = time.monotonic()
+            faults.blackhole(lab, 1)
+            moved = None
+            while moved is None:
+                assert time.monotonic() - started < 15, f"new connections never moved\n{daemon.log}"
+                if lab.uplink_of(lab.connect(timeout=0.3)) == 2:
+                    moved = time.monotonic() - started
+            print(f"\nblackhole -> first new connection by isp2 {moved:.2f} s")
+            assert {lab.uplink_of(lab.connect(timeout=5.0)) for _ in range(5)} == {2}
+
+            faults.clear(lab, 1)
+            wait_health(lab, {"isp1": "alive"}, daemon, 15)
+            deadline = time.monotonic() + 10
+            while lab.uplink_of(lab.connect(timeout=5.0)) != 1:
+                assert time.monotonic() < deadline, f"new connections never returned\n{daemon.log}"
