@@ -1,7 +1,7 @@
-"""Hook scripts for pppd, NetworkManager and networkd-dispatcher: tiny shell files that hand the
-interface name to `connpin up/down` as one argument, in a cleared environment. The name is never
-interpreted by a shell; connpin validates it. The settings that choose the tools and the state
-directory (CONNPIN_IPTABLES, CONNPIN_NFT, CONNPIN_RUN_DIR, ...) are written into the script at
+"""Hook scripts for pppd, NetworkManager, networkd-dispatcher and ifupdown: tiny shell files that
+hand the interface name to `connpin up/down` as one argument, in a cleared environment. The name
+is never interpreted by a shell; connpin validates it. The settings that choose the tools and the
+state directory (CONNPIN_IPTABLES, CONNPIN_NFT, CONNPIN_RUN_DIR, ...) are written into the script at
 install time, so a hook runs connpin exactly as `apply` did. Or, instead of hooks, a systemd
 unit running `connpin watch`, which follows the kernel's events itself (its command line quoted
 for systemd, not for a shell). Files connpin did not write are never overwritten or removed."""
@@ -56,8 +56,16 @@ NETWORKD = (
     Hook("etc/networkd-dispatcher/off.d/50-connpin", '$CONNPIN down -- "$IFACE"\n'),
     Hook("etc/networkd-dispatcher/no-carrier.d/50-connpin", '$CONNPIN down -- "$IFACE"\n'),
 )
+# ifupdown (Debian's default network stack) runs if-up.d / if-post-down.d for every interface in
+# $IFACE, and once with IFACE=--all after `ifup -a`; lo and --all are not uplinks.
+_IFUPDOWN = 'case "$IFACE" in lo|--all|"") exit 0 ;; esac\n'
+IFUPDOWN = (
+    Hook("etc/network/if-up.d/connpin", _IFUPDOWN + '$CONNPIN up -- "$IFACE"\n'),
+    Hook("etc/network/if-post-down.d/connpin", _IFUPDOWN + '$CONNPIN down -- "$IFACE"\n'),
+)
 SYSTEMD = (Hook("etc/systemd/system/connpin.service", ""),)
-KINDS = {"ppp": PPP, "networkmanager": NETWORKMANAGER, "networkd": NETWORKD, "systemd": SYSTEMD}
+KINDS = {"ppp": PPP, "networkmanager": NETWORKMANAGER, "networkd": NETWORKD, "ifupdown": IFUPDOWN,
+         "systemd": SYSTEMD}
 #: What to run after `hooks install --systemd` (printed, never run by connpin).
 SYSTEMD_START = "systemctl daemon-reload && systemctl enable --now connpin"
 
