@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 SYSPKGS := nftables:nft conntrack:conntrack iproute2:ip procps:sysctl iptables:iptables-legacy
 BENCHPKGS := iperf3:iperf3
-DEBPKGS := dpkg:dpkg-deb
+DEBPKGS := dpkg:dpkg-deb systemd:systemd-analyze
 BENCHSTAMP := $(VENV)/.bench-installed
 
 .PHONY: test unit lint demo sysdeps venv clean bench bench-quick man completion share wheel deb

@@ -68,3 +68,13 @@ def test_ifupdown_hooks_skip_lo_and_all() -> None:
     assert paths == ["etc/network/if-up.d/connpin", "etc/network/if-post-down.d/connpin"]
     for hook in hooks.IFUPDOWN:
         assert hooks.script(hook, None).index("lo|--all") < hooks.script(hook, None).index("exec")
+
+
+def test_unit_is_hardened_and_keeps_a_home_install_readable() -> None:
+    unit = hooks.unit(None, exe="/usr/sbin/connpin")
+    for line in ("ProtectSystem=strict", "ProtectHome=yes", "NoNewPrivileges=yes",
+                 "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW", "RuntimeDirectory=connpin",
+                 "RuntimeDirectoryPreserve=yes"):
+        assert f"\n{line}\n" in unit, line
+    assert "ProtectKernelTunables" not in unit  # it writes /proc/sys/net/ipv4/conf/*
+    assert "\nProtectHome=read-only\n" in hooks.unit(None, exe="/root/venv/bin/connpin")
