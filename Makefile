@@ -7,19 +7,20 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 SYSPKGS := nftables:nft conntrack:conntrack iproute2:ip procps:sysctl iptables:iptables-legacy
 BENCHPKGS := iperf3:iperf3
+DEBPKGS := dpkg:dpkg-deb systemd:systemd-analyze
 BENCHSTAMP := $(VENV)/.bench-installed
 
-.PHONY: test unit lint demo sysdeps venv clean bench bench-quick
+.PHONY: test unit lint demo sysdeps venv clean bench bench-quick man completion share wheel deb
 
 test: sysdeps $(STAMP)
-	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff check src tests bench packaging
 	$(PY) -m pytest -q -p no:cacheprovider
 
 unit: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff check src tests bench packaging
 
 # Benchmarks (not part of `make test`): a few minutes, results in bench/results/.
 # QUICK=1 (or `make bench-quick`) runs fewer repetitions, as a smoke test.
@@ -62,5 +63,37 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# Packaging (docs/packaging.md). Man pages and completion are generated from the parser and
+# README's config reference; `share` stages them with the examples and the unit into the package.
+PKGSTAMP := $(VENV)/.package-installed
+
+$(PKGSTAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,package]'
+	touch $@
+
+man: $(STAMP)
+	$(PY) packaging/man.py build/man
+
+completion: $(STAMP)
+	$(PY) packaging/completion.py build/completion
+
+share: man completion
+	rm -rf src/connpin/share
+	mkdir -p src/connpin/share/examples src/connpin/share/systemd
+	cp examples/*.toml src/connpin/share/examples/
+	cp contrib/systemd/connpin.service src/connpin/share/systemd/
+	cp -r build/man build/completion src/connpin/share/
+
+DIST ?= dist
+DEBOUT ?= build/deb
+
+wheel: share $(PKGSTAMP)
+	rm -rf $(DIST)
+	$(PY) -m build -q --wheel --outdir $(DIST) .
+
+deb: wheel
+	@$(MAKE) --no-print-directory sysdeps SYSPKGS="$(DEBPKGS)"
+	PY=$(PY) sh packaging/deb/build.sh $(DIST) $(DEBOUT)
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) build dist src/*.egg-info src/connpin/share

@@ -179,7 +179,7 @@ def machine() -> dict[str, str]:
         "nft": _version(["nft", "--version"]),
         "iptables": _version(["iptables", "--version"]),
         "iperf3": _version(["iperf3", "--version"]),
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 

@@ -89,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     hp.add_argument("--ppp", action="store_true", help="pppd ip-up.d / ip-down.d")
     hp.add_argument("--networkmanager", action="store_true", help="NetworkManager dispatcher")
     hp.add_argument("--networkd", action="store_true", help="networkd-dispatcher")
+    hp.add_argument("--ifupdown", action="store_true", help="ifupdown if-up.d / if-post-down.d")
     hp.add_argument("--systemd", action="store_true",
                     help="systemd unit running `connpin watch` (instead of hooks)")
     hp.add_argument("--root", default="/", help="install under this directory (default /)")
@@ -350,9 +351,10 @@ def _check(config: model.Config, args: argparse.Namespace) -> int:
 def _hooks(args: argparse.Namespace) -> int:
     from connpin import hooks
 
-    kinds = [k for k in ("ppp", "networkmanager", "networkd", "systemd") if getattr(args, k)]
+    kinds = [k for k in ("ppp", "networkmanager", "networkd", "ifupdown", "systemd")
+             if getattr(args, k)]
     if not kinds:
-        raise Usage("say which: --ppp, --networkmanager, --networkd and/or --systemd")
+        raise Usage("say which: --ppp, --networkmanager, --networkd, --ifupdown and/or --systemd")
     if args.action == "install":
         config = args.config or os.environ.get("CONNPIN_CONFIG")
         if config:

@@ -1,7 +1,7 @@
-"""Hook scripts for pppd, NetworkManager and networkd-dispatcher: tiny shell files that hand the
-interface name to `connpin up/down` as one argument, in a cleared environment. The name is never
-interpreted by a shell; connpin validates it. The settings that choose the tools and the state
-directory (CONNPIN_IPTABLES, CONNPIN_NFT, CONNPIN_RUN_DIR, ...) are written into the script at
+"""Hook scripts for pppd, NetworkManager, networkd-dispatcher and ifupdown: tiny shell files that
+hand the interface name to `connpin up/down` as one argument, in a cleared environment. The name
+is never interpreted by a shell; connpin validates it. The settings that choose the tools and the
+state directory (CONNPIN_IPTABLES, CONNPIN_NFT, CONNPIN_RUN_DIR, ...) are written into the script at
 install time, so a hook runs connpin exactly as `apply` did. Or, instead of hooks, a systemd
 unit running `connpin watch`, which follows the kernel's events itself (its command line quoted
 for systemd, not for a shell). Files connpin did not write are never overwritten or removed."""
@@ -56,8 +56,16 @@ NETWORKD = (
     Hook("etc/networkd-dispatcher/off.d/50-connpin", '$CONNPIN down -- "$IFACE"\n'),
     Hook("etc/networkd-dispatcher/no-carrier.d/50-connpin", '$CONNPIN down -- "$IFACE"\n'),
 )
+# ifupdown (Debian's default network stack) runs if-up.d / if-post-down.d for every interface in
+# $IFACE, and once with IFACE=--all after `ifup -a`; lo and --all are not uplinks.
+_IFUPDOWN = 'case "$IFACE" in lo|--all|"") exit 0 ;; esac\n'
+IFUPDOWN = (
+    Hook("etc/network/if-up.d/connpin", _IFUPDOWN + '$CONNPIN up -- "$IFACE"\n'),
+    Hook("etc/network/if-post-down.d/connpin", _IFUPDOWN + '$CONNPIN down -- "$IFACE"\n'),
+)
 SYSTEMD = (Hook("etc/systemd/system/connpin.service", ""),)
-KINDS = {"ppp": PPP, "networkmanager": NETWORKMANAGER, "networkd": NETWORKD, "systemd": SYSTEMD}
+KINDS = {"ppp": PPP, "networkmanager": NETWORKMANAGER, "networkd": NETWORKD, "ifupdown": IFUPDOWN,
+         "systemd": SYSTEMD}
 #: What to run after `hooks install --systemd` (printed, never run by connpin).
 SYSTEMD_START = "systemctl daemon-reload && systemctl enable --now connpin"
 
@@ -103,6 +111,39 @@ def systemd_word(word: str) -> str:
     return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+#: The sandbox of the unit, as tight as what `watch` does allows: netlink and nft/iptables need
+#: CAP_NET_ADMIN (iptables-legacy also a raw socket: CAP_NET_RAW); it writes only /proc/sys/net
+#: (ProtectSystem=strict leaves /proc writable; ProtectKernelTunables would not), its state in
+#: /run/connpin (kept across restarts: hooks and `apply` share it) and, for iptables-legacy, the
+#: host-wide /run/xtables.lock (created unsandboxed first, so the bind mount finds it).
+HARDENING = (
+    "RuntimeDirectory=connpin\n"
+    "RuntimeDirectoryPreserve=yes\n"
+    "ExecStartPre=+/bin/touch /run/xtables.lock\n"
+    "ReadWritePaths=-/run/xtables.lock\n"
+    "ProtectSystem=strict\n"
+    "ProtectHome={home}\n"
+    "PrivateTmp=yes\n"
+    "PrivateDevices=yes\n"
+    "PrivateMounts=yes\n"
+    "UMask=0077\n"
+    "NoNewPrivileges=yes\n"
+    "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW\n"
+    "RestrictAddressFamilies=AF_NETLINK AF_UNIX AF_INET AF_INET6\n"
+    "RestrictNamespaces=yes\n"
+    "RestrictRealtime=yes\n"
+    "RestrictSUIDSGID=yes\n"
+    "LockPersonality=yes\n"
+    "ProtectKernelLogs=yes\n"
+    "ProtectKernelModules=yes\n"
+    "ProtectControlGroups=yes\n"
+    "ProtectClock=yes\n"
+    "ProtectHostname=yes\n"
+    "SystemCallArchitectures=native\n"
+    "SystemCallFilter=@system-service\n"
+)
+
+
 def unit(config: str | None, exe: str | None = None, header: str | None = None) -> str:
     """The systemd unit of `connpin watch` (Type=notify: ready once the first converge ran).
 
@@ -113,6 +154,9 @@ def unit(config: str | None, exe: str | None = None, header: str | None = None) 
     if config:
         argv += ["-c", os.path.abspath(config)]
     cmd = " ".join(systemd_word(a) for a in argv)
+    # a connpin (or config) living in a home directory must stay readable by the service
+    home = "read-only" if any(a.startswith(("/root/", "/home/", "/run/user/")) for a in argv) \
+        else "yes"
     return (
         (header or f"{MARK}; `connpin hooks remove --systemd` deletes it.") + "\n"
         "[Unit]\n"
@@ -127,6 +171,7 @@ def unit(config: str | None, exe: str | None = None, header: str | None = None) 
         "Restart=on-failure\n"
         "RestartSec=2\n"
         "WatchdogSec=30\n"
+        + HARDENING.format(home=home) +
         "\n"
         "[Install]\n"
         "WantedBy=multi-user.target\n"

@@ -10,12 +10,16 @@ import ipaddress
 import os
 import re
 import stat
-import tomllib
 from collections.abc import Iterable
 from dataclasses import MISSING, dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 from connpin import alloc
 from connpin.classes import Class, parse_class
