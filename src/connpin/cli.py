@@ -182,6 +182,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _status(config, args)
     if args.command == "check":
         return _check(config, args)
+    if args.command in ("apply", "remove"):  # rules/routes of an older connpin (no protocol)
+        from connpin.kernel import upgrade
+
+        for line in upgrade.restamp(config):
+            print(f"connpin {args.command}: adopted (installed by an older connpin): {line}")
     if args.command == "apply" and (refused := _conflicts(config, blocking=True)):
         for c in refused:
             print(f"connpin apply: conflict: {c}", file=sys.stderr)

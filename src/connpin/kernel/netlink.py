@@ -136,13 +136,16 @@ class Netlink:
                         out.add(f"{dst}/{plen}")
         return tuple(sorted(out))
 
-    def rules(self, *bands: range, families: tuple[int, ...] = (4,)) -> list[Rule]:
+    def rules(self, *bands: range, families: tuple[int, ...] = (4,), owned: bool = True
+              ) -> list[Rule]:
         """connpin's rules (protocol OWNER_PROTO; of these families, 4 and/or 6) whose priority
-        lies in one of `bands`. Others' rules in the band are never connpin's to change."""
+        lies in one of `bands`. Others' rules in the band are never connpin's to change
+        (owned=False: those without the protocol, for adopt)."""
         out = []
         for r in (r for f in families for r in self.ipr.get_rules(family=_AF[f])):
             prio = r.get_attr("FRA_PRIORITY") or 0
-            if not any(prio in band for band in bands) or r.get_attr("FRA_PROTOCOL") != OWNER_PROTO:
+            if not any(prio in band for band in bands) or (
+                    r.get_attr("FRA_PROTOCOL") == OWNER_PROTO) != owned:
                 continue
             mask = r.get_attr("FRA_FWMASK")
             mark = r.get_attr("FRA_FWMARK")
@@ -179,6 +182,22 @@ class Netlink:
                                  family=f))
         return out
 
+    def unowned_routes(self, tables: set[int], families: tuple[int, ...] = (4,)
+                       ) -> list[Route]:
+        """Routes without connpin's protocol in these tables (one filtered dump each)."""
+        out = []
+        for f in families:
+            for t in sorted(tables):
+                for r in self.filtered(f, table=t):
+                    if r["proto"] == OWNER_PROTO:
+                        continue
+                    dst = r.get_attr("RTA_DST")
+                    out.append(Route(t, self._name(r.get_attr("RTA_OIF")),
+                                     r.get_attr("RTA_GATEWAY"),
+                                     "default" if not r["dst_len"] else f"{dst}/{r['dst_len']}",
+                                     family=f))
+        return out
+
     # -- apply -------------------------------------------------------------------------------
     def _call(self, what: str, fn, *args, **kw) -> None:
         try:
@@ -186,9 +205,12 @@ class Netlink:
         except NetlinkError as e:
             raise NetlinkFailure(e.args[1] if len(e.args) > 1 else str(e)) from None
 
-    def rule(self, op: str, rule: Rule) -> None:
+    def rule(self, op: str, rule: Rule, owned: bool = True) -> None:
+        """owned=False: the rule as an older connpin installed it, without the protocol."""
         kw: dict = {"priority": rule.priority, "action": _ACTION_IDS[rule.action],
-                    "family": _AF[rule.family], "protocol": OWNER_PROTO}
+                    "family": _AF[rule.family]}
+        if owned:
+            kw["protocol"] = OWNER_PROTO
         if rule.action == "lookup":
             kw["table"] = rule.table
         if rule.fwmark is not None:
