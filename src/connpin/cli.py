@@ -138,8 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # noqa: BLE001 - runtime failures get one clear line
+        from connpin.kernel.state import LockTimeout
+        from connpin.kernel.tools import ToolFailure
         from connpin.reconcile import ApplyError
 
+        if isinstance(e, LockTimeout | ToolFailure):  # their message says it all: one line
+            text = "; ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
+            print(f"connpin {args.command}: {text}", file=sys.stderr)
+            return EXIT_FAIL
         kind = "" if isinstance(e, ApplyError) else f"{type(e).__name__}: "
         print(f"connpin {args.command}: failed: {kind}{e}", file=sys.stderr)
         return EXIT_FAIL
