@@ -139,8 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # noqa: BLE001 - runtime failures get one clear line
+        from connpin.kernel.state import LockTimeout
+        from connpin.kernel.tools import ToolFailure
         from connpin.reconcile import ApplyError
 
+        if isinstance(e, LockTimeout | ToolFailure):  # their message says it all: one line
+            text = "; ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
+            print(f"connpin {args.command}: {text}", file=sys.stderr)
+            return EXIT_FAIL
         kind = "" if isinstance(e, ApplyError) else f"{type(e).__name__}: "
         print(f"connpin {args.command}: failed: {kind}{e}", file=sys.stderr)
         return EXIT_FAIL
@@ -183,6 +189,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _status(config, args)
     if args.command == "check":
         return _check(config, args)
+    if args.command in ("apply", "remove"):  # rules/routes of an older connpin (no protocol)
+        from connpin.kernel import upgrade
+
+        for line in upgrade.restamp(config):
+            print(f"connpin {args.command}: adopted (installed by an older connpin): {line}")
     if args.command == "apply" and (refused := _conflicts(config, blocking=True)):
         for c in refused:
             print(f"connpin apply: conflict: {c}", file=sys.stderr)

@@ -168,3 +168,27 @@ def test_version_is_the_installed_packages(monkeypatch) -> None:
 
     monkeypatch.setattr(importlib.metadata, "version", missing)
     assert connpin.version() == connpin.UNKNOWN_VERSION  # a source tree never installed
+
+
+@pytest.mark.parametrize("error", [
+    "LockTimeout: process 4242 has held connpin's lock /run/connpin/net-1/lock for more than "
+    "30 s (stuck? see /proc/4242/cmdline); CONNPIN_LOCK_TIMEOUT sets the limit",
+    "ToolFailure: nft did not finish within 30 s (killed;\n see CONNPIN_TOOL_TIMEOUT)",
+])
+def test_lock_and_tool_timeouts_print_their_message_on_one_line(capsys, cfg, monkeypatch,
+                                                                 error) -> None:
+    from connpin.kernel.state import LockTimeout
+    from connpin.kernel.tools import ToolFailure
+
+    kind, message = error.split(": ", 1)
+    exc = {"LockTimeout": LockTimeout, "ToolFailure": ToolFailure}[kind](message)
+
+    def fail(args):
+        raise exc
+
+    monkeypatch.setattr(cli, "_dispatch", fail)
+    code, out, err = run(capsys, "-c", cfg, "apply")
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith("connpin apply: "), err
+    assert "failed:" not in err and kind not in err, err
+    assert message.splitlines()[0] in err

@@ -3,6 +3,7 @@ nothing. Works in the network namespace of the calling thread."""
 
 from __future__ import annotations
 
+import errno
 import socket
 
 from pyroute2.iproute import IPRoute
@@ -20,6 +21,7 @@ RT_SCOPE_LINK = 253
 RT_SCOPE_NOWHERE = 255
 RTN_UNICAST = 1
 RTN_LOCAL = 2
+LOCAL_TABLE = 255
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 _FAMILY = {v: k for k, v in _AF.items()}
 
@@ -30,7 +32,9 @@ class NetlinkFailure(Exception):
 
 class Netlink:
     def __init__(self) -> None:
-        self.ipr = IPRoute()
+        # Strict checking: a dump request's table/protocol/type are filters the kernel applies
+        # (Linux >= 4.20), so thousands of others' routes are never sent, let alone decoded.
+        self.ipr = IPRoute(strict_check=True)
         self._names: dict[int, str] = {}
 
     def close(self) -> None:
@@ -58,10 +62,25 @@ class Netlink:
             self.links()
         return self._names.get(index, f"if{index}")
 
+    def filtered(self, family: int, **select: int) -> list:
+        """The routes the kernel selects for `select` (table=, proto=, type=): with the
+        explicit dump_filter, pyroute2 sends these keys in the request instead of filtering a
+        full dump itself. A table that does not exist yields nothing."""
+        try:
+            return list(self.ipr.route("dump", family=_AF[family], dump_filter={}, **select))
+        except NetlinkError as e:
+            if e.code == errno.ENOENT:
+                return []
+            raise
+
     def route_dump(self, family: int = 4) -> list:
-        """All routes of a family, once: both main's gateways and connpin's tables are read from
-        it (one request instead of two on the path from an event to the pinning)."""
-        return list(self.ipr.route("dump", family=_AF[family]))
+        """What observe needs of a family's routes, once, filtered in the kernel: main (its
+        default routes, and its routes for `inside`), the local table's local routes, and
+        every route with connpin's protocol (its tables are picked from these). Cost does not
+        grow with others' tables (a full BGP table, a mesh VPN's routes)."""
+        return (self.filtered(family, table=MAIN_TABLE)
+                + self.filtered(family, table=LOCAL_TABLE, type=RTN_LOCAL)
+                + self.filtered(family, proto=OWNER_PROTO))
 
     def main_gateways(self, dump: list | None = None) -> dict[str, str]:
         """Per interface, the gateway of its best default route in the main table."""
@@ -117,13 +136,16 @@ class Netlink:
                         out.add(f"{dst}/{plen}")
         return tuple(sorted(out))
 
-    def rules(self, *bands: range, families: tuple[int, ...] = (4,)) -> list[Rule]:
+    def rules(self, *bands: range, families: tuple[int, ...] = (4,), owned: bool = True
+              ) -> list[Rule]:
         """connpin's rules (protocol OWNER_PROTO; of these families, 4 and/or 6) whose priority
-        lies in one of `bands`. Others' rules in the band are never connpin's to change."""
+        lies in one of `bands`. Others' rules in the band are never connpin's to change
+        (owned=False: those without the protocol, for adopt)."""
         out = []
         for r in (r for f in families for r in self.ipr.get_rules(family=_AF[f])):
             prio = r.get_attr("FRA_PRIORITY") or 0
-            if not any(prio in band for band in bands) or r.get_attr("FRA_PROTOCOL") != OWNER_PROTO:
+            if not any(prio in band for band in bands) or (
+                    r.get_attr("FRA_PROTOCOL") == OWNER_PROTO) != owned:
                 continue
             mask = r.get_attr("FRA_FWMASK")
             mark = r.get_attr("FRA_FWMARK")
@@ -160,6 +182,22 @@ class Netlink:
                                  family=f))
         return out
 
+    def unowned_routes(self, tables: set[int], families: tuple[int, ...] = (4,)
+                       ) -> list[Route]:
+        """Routes without connpin's protocol in these tables (one filtered dump each)."""
+        out = []
+        for f in families:
+            for t in sorted(tables):
+                for r in self.filtered(f, table=t):
+                    if r["proto"] == OWNER_PROTO:
+                        continue
+                    dst = r.get_attr("RTA_DST")
+                    out.append(Route(t, self._name(r.get_attr("RTA_OIF")),
+                                     r.get_attr("RTA_GATEWAY"),
+                                     "default" if not r["dst_len"] else f"{dst}/{r['dst_len']}",
+                                     family=f))
+        return out
+
     # -- apply -------------------------------------------------------------------------------
     def _call(self, what: str, fn, *args, **kw) -> None:
         try:
@@ -167,9 +205,12 @@ class Netlink:
         except NetlinkError as e:
             raise NetlinkFailure(e.args[1] if len(e.args) > 1 else str(e)) from None
 
-    def rule(self, op: str, rule: Rule) -> None:
+    def rule(self, op: str, rule: Rule, owned: bool = True) -> None:
+        """owned=False: the rule as an older connpin installed it, without the protocol."""
         kw: dict = {"priority": rule.priority, "action": _ACTION_IDS[rule.action],
-                    "family": _AF[rule.family], "protocol": OWNER_PROTO}
+                    "family": _AF[rule.family]}
+        if owned:
+            kw["protocol"] = OWNER_PROTO
         if rule.action == "lookup":
             kw["table"] = rule.table
         if rule.fwmark is not None:

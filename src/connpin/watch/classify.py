@@ -177,6 +177,18 @@ class Classifier:
             return [(name, f"{route} {'added' if kind == RTM_NEWROUTE else 'removed'}")]
         return []
 
+    def foreign_nft(self, msg: Any) -> bool:
+        """An nf_tables change (any family) to a table other than connpin's: another program
+        edited the ruleset (the daemon then looks for conflicts)."""
+        if msg["header"]["type"] & 0xFF not in NFT_VERBS:
+            return False
+        for attr in NFT_TABLE_ATTRS:
+            with contextlib.suppress(Exception):
+                table = msg.get_attr(attr)
+                if table is not None:
+                    return table != self.nft_table or msg.get("nfgen_family") != NFPROTO_INET
+        return False
+
     def classify_nft(self, msg: Any) -> str | None:
         """What happened to connpin's nft table (deleted, flushed, edited), else None."""
         kind = msg["header"]["type"] & 0xFF

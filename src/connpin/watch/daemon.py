@@ -18,6 +18,7 @@ from typing import Any
 from connpin import engine, model
 from connpin.watch import record
 from connpin.watch.classify import Classifier
+from connpin.watch.coexist import ConflictWatch
 from connpin.watch.events import Events
 from connpin.watch.schedule import NFT_KEY, RESYNC, Scheduler
 from connpin.watch.systemd import notify, status_line, watchdog_interval
@@ -72,6 +73,7 @@ class Watcher:
         self.hooks: Any = None  # watch.health.Hooks (events.d), made with the first Health
         self.health_record: dict[str, dict] = {}  # uplink -> figures, for `connpin status`
         self._wake_w = -1
+        self.coexist = ConflictWatch(clock)  # others' ruleset changes -> look for conflicts
 
     def _relevant(self, name: str) -> bool:
         return self.config.match(name) is not None
@@ -117,10 +119,13 @@ class Watcher:
                 if self.verbose:
                     self.log(f"event: {what}")
                 self.sched.event(NFT_KEY, what)
+            elif self.classifier.foreign_nft(msg):
+                self.coexist.changed()
         self.more = more or nft_more
         if overflow or nft_overflow:
             self.log("event socket overflowed (events lost): full resync")
             self.sched.overflow()
+            self.coexist.changed()
 
     def _inject_fault(self) -> None:
         """Test hook: break the event socket under the daemon (a read error not ENOBUFS)."""
@@ -363,6 +368,8 @@ class Watcher:
             self._open()
             self.sched.overflow()
         timeout = 0.0 if self.more else self.sched.timeout()
+        if (look := self.coexist.wait()) is not None:
+            timeout = min(timeout, look)
         if not self._hup:
             readable, _, _ = select.select([self.events, self.nft_events, wake_r], [], [],
                                            timeout)
@@ -389,7 +396,28 @@ class Watcher:
         elif what is not None:
             if self.verbose and what == "periodic resync":
                 self.log("periodic resync")
+            if what == "periodic resync":
+                self.coexist.changed()
             self.converge(what)
+        elif self.coexist.due():  # idle: nothing of the pinning waits for this
+            self.conflicts()
+
+    def conflicts(self) -> None:
+        """Log conflicts with other software that are new since the last look (issue 12)."""
+        from connpin import conflicts
+        from connpin.kernel import inventory
+
+        try:
+            found = conflicts.conflicts(self.config, inventory.take(self.config))
+        except Exception as e:  # noqa: BLE001 - a look that fails changes nothing
+            self.log(f"cannot look for conflicts: {_one_line(e)}")
+            self.coexist.skip()
+            return
+        new = self.coexist.seen(found)
+        for c in new:
+            self.log(f"conflict: {c}")
+        if self.verbose:
+            self.log(f"looked for conflicts: {len(found)} ({len(new)} new)")
 
     def _recover(self, error: Exception) -> None:
         """An error outside a converge (a read, a decode, a socket): rebuild the netlink sockets
