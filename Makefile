@@ -9,12 +9,15 @@ SYSPKGS := nftables:nft conntrack:conntrack iproute2:ip procps:sysctl iptables:i
 BENCHPKGS := iperf3:iperf3
 DEBPKGS := dpkg:dpkg-deb systemd:systemd-analyze
 BENCHSTAMP := $(VENV)/.bench-installed
+# pytest-xdist workers for `make test`: the kernel tests mostly wait on the network, so 4 fit on
+# 2 cores (each lab has its own namespaces); JOBS=0 runs them in one process.
+JOBS    ?= 4
 
 .PHONY: test unit lint demo sysdeps venv clean bench bench-quick man completion share wheel deb
 
 test: sysdeps $(STAMP)
 	$(PY) -m ruff check src tests bench packaging
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n $(JOBS) --dist loadgroup
 
 unit: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit

@@ -16,6 +16,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if Path(str(item.fspath)).parent == Path(__file__).parent:
             item.add_marker(pytest.mark.package)
+            # one xdist worker builds the wheel (it stages src/connpin/share in the checkout)
+            item.add_marker(pytest.mark.xdist_group("package"))
 
 
 @pytest.fixture(scope="session")
