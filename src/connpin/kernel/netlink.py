@@ -175,12 +175,13 @@ class Netlink:
                 table = r.get_attr("RTA_TABLE") or r["table"]
                 if not any(table in t for t in tables) or r["proto"] != OWNER_PROTO:
                     continue
-                dst = r.get_attr("RTA_DST")
-                out.append(Route(table, self._name(r.get_attr("RTA_OIF")),
-                                 r.get_attr("RTA_GATEWAY"),
-                                 "default" if not r["dst_len"] else f"{dst}/{r['dst_len']}",
-                                 family=f))
+                out.append(self._route(r, table, f))
         return out
+
+    def _route(self, r, table: int, family: int) -> Route:  # noqa: ANN001 - a pyroute2 message
+        dst = r.get_attr("RTA_DST")
+        return Route(table, self._name(r.get_attr("RTA_OIF")), r.get_attr("RTA_GATEWAY"),
+                     "default" if not r["dst_len"] else f"{dst}/{r['dst_len']}", family=family)
 
     def unowned_routes(self, tables: set[int], families: tuple[int, ...] = (4,)
                        ) -> list[Route]:
@@ -191,11 +192,7 @@ class Netlink:
                 for r in self.filtered(f, table=t):
                     if r["proto"] == OWNER_PROTO:
                         continue
-                    dst = r.get_attr("RTA_DST")
-                    out.append(Route(t, self._name(r.get_attr("RTA_OIF")),
-                                     r.get_attr("RTA_GATEWAY"),
-                                     "default" if not r["dst_len"] else f"{dst}/{r['dst_len']}",
-                                     family=f))
+                    out.append(self._route(r, t, f))
         return out
 
     # -- apply -------------------------------------------------------------------------------
