@@ -135,3 +135,15 @@ class UplinkState:
     route6: Route | None = None
     nptv6: tuple[tuple[str, str], ...] = ()
     masquerade6: bool = False
+
+
+@dataclass(frozen=True)
+class Counters:
+    """nft counters of one uplink, keyed by its mark in connpin's table (read per scrape, never
+    from a conntrack dump, so reading them costs the same at 1M connections as at 10)."""
+
+    new: int = 0  # new connections pinned to the uplink (chosen by connpin or by the routes)
+    packets_out: int = 0  # packets of its pinned connections leaving by it
+    bytes_out: int = 0
+    packets_in: int = 0  # packets of its pinned connections arriving from it
+    bytes_in: int = 0
