@@ -23,8 +23,9 @@ class Unsafe(ValueError):
 
 
 def render(program: Sequence[str], config: str, instances: Sequence[str] = ()) -> str:
-    """A `vrrp_sync_group` whose notify lines run `program -c config ha ROLE`. `instances`: the
-    vrrp_instance names to group (placeholders when none are given)."""
+    """The notify lines that run `program -c config ha ROLE`: to paste into the one
+    vrrp_instance (none or one name given), or a `vrrp_sync_group` of `instances` (several:
+    keepalived then changes their roles together and notifies once)."""
     for word in (*program, config):
         if not _WORD.match(word):
             raise Unsafe(f"{word!r} cannot be a word of a keepalived notify command (letters, "
@@ -32,20 +33,16 @@ def render(program: Sequence[str], config: str, instances: Sequence[str] = ()) -
     for name in instances:
         if not _INSTANCE.match(name):
             raise Unsafe(f"{name!r} is not a vrrp_instance name keepalived accepts here")
-    names = list(instances) or ["VI_LAN      # your vrrp_instance names: the LAN address and,",
-                                "VI_WAN      # with topology \"shared\", the WAN addresses"]
     base = " ".join([*program, "-c", config, "ha"])
-    group = "\n".join(f"        {n}" for n in names)
     notify = "\n".join(f'    {key} "{base} {role}"' for key, role in NOTIFY)
-    return f"""# keepalived.conf: connpin follows the pair's VRRP role (docs/ha.md). keepalived runs
-# these commands itself, without a shell, as root; in global_defs set
-#     script_user root
-#     enable_script_security
-# (the program and the directories above it must be writable by root only).
-vrrp_sync_group connpin {{
-    group {{
-{group}
-    }}
-{notify}
-}}
-"""
+    head = ("# keepalived.conf: connpin follows the router's VRRP role (docs/ha.md). keepalived\n"
+            "# runs these commands itself, without a shell, as root; in global_defs set\n"
+            "#     script_user root\n"
+            "#     enable_script_security\n"
+            "# (the program and the directories above it must be writable by root only).\n")
+    if len(instances) > 1:
+        group = "\n".join(f"        {n}" for n in instances)
+        return f"{head}vrrp_sync_group connpin {{\n    group {{\n{group}\n    }}\n{notify}\n}}\n"
+    where = (f"vrrp_instance {instances[0]}" if instances else
+             "your vrrp_instance (with several instances: a vrrp_sync_group of them)")
+    return f"{head}# Add these lines to {where}:\n{notify}\n"
