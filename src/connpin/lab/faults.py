@@ -1,9 +1,15 @@
 """Faults of an ISP in the lab, for health tracking: an ISP whose network is dead behind its
-first hop while the link stays up (blackhole), and random loss (nft `numgen random`), both in
-the ISP's namespace (table `inet faults`; the router and its links are not touched).
+first hop while the link stays up (blackhole), one whose gateway answers nothing but ARP
+(silent gateway), and random loss (nft `numgen random`), all in the ISP's namespace (table
+`inet faults`; the router and its links are not touched).
 
     blackhole(lab, k)         forwarding through ISP k stops in both directions; the ISP itself
                               (the PPP peer / Ethernet gateway, ARP included) still answers
+    silent_gateway(lab, k)    ISP k's gateway stops answering after the router's link: no IP
+                              packet from the customer is forwarded or answered (not even a ping
+                              of the gateway), but ARP still is (nft's inet tables never see
+                              ARP), so on an Ethernet-like uplink the neighbour stays resolved
+                              and the link looks perfectly fine
     loss(lab, k, 10)          ISP k drops 10% of the packets it forwards, each direction
     clear(lab, k)             no fault
 
@@ -18,13 +24,15 @@ from connpin.lab.core import Lab
 TABLE = "faults"
 
 
-def _apply(lab: Lab, k: int, rules: str) -> None:
+def _apply(lab: Lab, k: int, rules: str, input_rules: str = "") -> None:
     ns_host = f"isp{k}"
+    extra = ("  chain input {\n    type filter hook input priority -10; policy accept;\n"
+             f"{input_rules}  }}\n") if input_rules else ""
     lab.exec(ns_host, ["nft", "-f", "-"], input=(
         f"table inet {TABLE}\ndelete table inet {TABLE}\n"
         f"table inet {TABLE} {{\n  chain forward {{\n"
         "    type filter hook forward priority -10; policy accept;\n"
-        f"{rules}  }}\n}}\n"))
+        f"{rules}  }}\n{extra}}}\n"))
 
 
 def clear(lab: Lab, k: int) -> None:
@@ -38,6 +46,12 @@ def blackhole(lab: Lab, k: int) -> None:
     _apply(lab, k, "    counter drop\n")
 
 
+def silent_gateway(lab: Lab, k: int) -> None:
+    """ISP k forwards nothing and its gateway answers no IP packet from the customer link
+    (ICMP, TCP, UDP: all dropped on input); ARP is untouched."""
+    _apply(lab, k, "    counter drop\n", '    iifname "cust0" counter drop\n')
+
+
 def loss(lab: Lab, k: int, percent: int, direction: str = "both") -> None:
     """ISP k drops `percent`% of forwarded packets at random: direction "both", "up" (from the
     customer) or "down" (towards it)."""
@@ -48,9 +62,8 @@ def loss(lab: Lab, k: int, percent: int, direction: str = "both") -> None:
 
 
 def dropped(lab: Lab, k: int) -> int:
-    """Packets ISP k's fault rule has dropped (0 without a fault)."""
+    """Packets ISP k's fault rules have dropped (0 without a fault)."""
     out = lab.exec(f"isp{k}", ["nft", "list", "table", "inet", TABLE], check=False).stdout
-    for word, nxt in zip(out.split(), out.split()[1:], strict=False):
-        if word == "packets":
-            return int(nxt)
-    return 0
+    words = out.split()
+    return sum(int(nxt) for word, nxt in zip(words, words[1:], strict=False)
+               if word == "packets")
