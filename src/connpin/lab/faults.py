@@ -11,9 +11,12 @@ first hop while the link stays up (blackhole), one whose gateway answers nothing
                               ARP), so on an Ethernet-like uplink the neighbour stays resolved
                               and the link looks perfectly fine
     loss(lab, k, 10)          ISP k drops 10% of the packets it forwards, each direction
+    jitter(lab, k, 100)       ISP k delays what it sends towards the internet host by 0-2x50 ms
+                              (netem: `netem_missing` says why not when the kernel has none)
     clear(lab, k)             no fault
 
-Each call replaces ISP k's fault table in one nft transaction. Only the lab's public API
+Each nft call replaces ISP k's fault table in one nft transaction; jitter is a netem qdisc
+on ISP k's up0 (`clear_jitter` removes it). Only the lab's public API
 (`Lab.exec`) is used.
 """
 
@@ -59,6 +62,31 @@ def loss(lab: Lab, k: int, percent: int, direction: str = "both") -> None:
         raise ValueError(f"percent {percent} is not in 0..100")
     match = {"both": "", "up": 'iifname "cust0" ', "down": 'oifname "cust0" '}[direction]
     _apply(lab, k, f"    {match}numgen random mod 100 < {percent} counter drop\n")
+
+
+def netem_missing(lab: Lab, k: int) -> str | None:
+    """None when netem works in ISP k's namespace (tried on its up0, then removed), else why
+    not (e.g. a kernel without sch_netem: tc's own error)."""
+    r = lab.exec(f"isp{k}", ["tc", "qdisc", "add", "dev", "up0", "root", "netem", "delay",
+                             "1ms"], check=False)
+    if r.returncode != 0:
+        return (r.stderr or r.stdout).strip().splitlines()[-1] if (r.stderr or r.stdout) \
+            else f"tc exited {r.returncode}"
+    clear_jitter(lab, k)
+    return None
+
+
+def jitter(lab: Lab, k: int, ms: int) -> None:
+    """ISP k delays the packets it sends to the internet host uniformly by 0..ms ms (netem
+    `delay ms/2 ms/2` on up0, so each round trip gets up to `ms` of jitter). Raises LabError
+    (from the command) when the kernel has no netem: check `netem_missing` first."""
+    half = f"{ms / 2:g}ms"
+    lab.exec(f"isp{k}", ["tc", "qdisc", "replace", "dev", "up0", "root", "netem", "delay",
+                         half, half])
+
+
+def clear_jitter(lab: Lab, k: int) -> None:
+    lab.exec(f"isp{k}", ["tc", "qdisc", "del", "dev", "up0", "root"], check=False)
 
 
 def dropped(lab: Lab, k: int) -> int:
