@@ -18,7 +18,7 @@ from connpin.errors import Usage
 from connpin.render import jsonout
 
 
-def _found(args: argparse.Namespace) -> tuple[list[starter.Candidate], str]:
+def _found(args: argparse.Namespace) -> list[starter.Candidate]:
     from connpin.kernel import discover
 
     if getattr(args, "netns", None):
@@ -30,9 +30,7 @@ def _found(args: argparse.Namespace) -> tuple[list[starter.Candidate], str]:
             raise Usage(str(e)) from None
     routes = discover.default_routes()
     peers = starter.peers(discover.peer_files(args.ppp_peers))
-    where = f" in network namespace {args.netns}" if getattr(args, "netns", None) else ""
-    sources = f"the default routes{where} and the pppd peers in {args.ppp_peers}"
-    return starter.candidates(routes, peers), sources
+    return starter.candidates(routes, peers)
 
 
 def write(path: str, text: str, force: bool) -> None:
@@ -60,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
     to_file = args.output not in ("-", "")
     if to_file and os.path.lexists(args.output) and not args.force:  # before any work
         raise Usage(f"{args.output} exists; not overwritten (--force replaces it)")
-    cands, sources = _found(args)
-    text = starter.render(cands, sources)
+    cands = _found(args)
+    text = starter.render(cands, getattr(args, "netns", None), args.ppp_peers)
     model.loads(text, args.output if to_file else "<connpin init>")  # a bug if it raises
     if to_file:
         write(args.output, text, args.force)

@@ -148,8 +148,9 @@ def _distinct(cands: list[Candidate], mask: int) -> list[Candidate]:
 
 
 _HEAD = """\
-# connpin config: a starter written by `connpin init` from
-# {sources}.
+# connpin config: a starter written by `connpin init` from what it found:
+#   default routes: the main table{netns}
+#   pppd peers:     {peers_dir}
 # Review it (every key is explained; the commented ones show their defaults), then:
 #   connpin check -c FILE     what on this machine collides with connpin's marks, rules, tables
 #   connpin plan -c FILE      the complete ruleset, rules and routes it would install
@@ -220,10 +221,11 @@ _NONE = """
 """
 
 
-def render(cands: list[Candidate], sources: str = "this machine's default routes and pppd "
-           "peers") -> str:
+def render(cands: list[Candidate], netns: str | None = None, peers_dir: str = PEERS_DIR
+           ) -> str:
     """The commented TOML. `model.loads` takes it (tests hold that for every shape)."""
-    lines = _HEAD.format(sources=sources).rstrip("\n").splitlines()
+    where = f" of network namespace {netns}" if netns else ""
+    lines = _HEAD.format(netns=where, peers_dir=peers_dir).rstrip("\n").splitlines()
     for pos, c in enumerate(cands, 1):
         lines += _uplink(c, pos)
     text = "\n".join(lines) + "\n"

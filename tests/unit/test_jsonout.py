@@ -178,3 +178,46 @@ def test_hooks_text_is_unchanged(capsys, cfg, tmp_path) -> None:
     assert code == 0 and out == (
         f"installed {root}/etc/systemd/system/connpin.service\n"
         "start it: systemctl daemon-reload && systemctl enable --now connpin\n")
+
+
+def test_docs_describe_every_json_command() -> None:
+    """docs/json.md has a section per command that takes --json (status: its own section)."""
+    import argparse
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "json.md").read_text()
+    sections = {w for h in re.findall(r"^## (.+)$", doc, re.M) for w in h.split(", ")}
+    [sub] = [a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    takes = {name for name, p in sub.choices.items()
+             if any("--json" in a.option_strings for a in p._actions)}
+    assert "Conventions" in sections
+    assert takes - {"status"} <= sections | {"up", "down"} and "up, down" in doc
+    assert "lab list" in sections
+
+
+def test_init_json_and_refusal(capsys, tmp_path, monkeypatch) -> None:
+    """init without the kernel's answer (discover is the adapter): the document, -o, --force."""
+    from connpin.kernel import discover
+    from connpin.starter import DefaultRoute
+
+    monkeypatch.setattr(discover, "default_routes",
+                        lambda: [DefaultRoute("wan1", 4, 20, "198.51.100.1"),
+                                 DefaultRoute("ppp0", 4, 10, None)])
+    peers = tmp_path / "peers"
+    peers.mkdir()
+    (peers / "dsl").write_text("unit 0\n")
+    out = tmp_path / "etc" / "connpin.toml"
+    code, text, _ = run(capsys, "init", "--ppp-peers", str(peers))
+    assert code == 0 and text.index('"dsl"') < text.index('"wan1"')
+    code, o, _ = run(capsys, "init", "--ppp-peers", str(peers), "-o", str(out), "--json")
+    d = doc_of(o)
+    assert code == 0 and d["written"] == str(out) and out.read_text() == d["config"] == text
+    assert [u["name"] for u in d["uplinks"]] == ["dsl", "wan1"]
+    assert oct(out.stat().st_mode & 0o777) == "0o644"
+    code, o, err = run(capsys, "init", "-o", str(out), "--json")
+    assert code == 2 and doc_of(o)["error"]["kind"] == "usage" and "--force" in err
+    out.write_text("mine\n")
+    code, o, _ = run(capsys, "init", "--ppp-peers", str(peers), "-o", str(out), "--force")
+    assert code == 0 and out.read_text() == text and "wrote" in o
+    assert [p.name for p in out.parent.iterdir()] == ["connpin.toml"]  # no temporary left

@@ -91,8 +91,9 @@ def test_render_always_loads(routes, peers) -> None:
 
 def test_render_explains_what_it_found() -> None:
     text = starter.render(starter.candidates(
-        [R("wan1", 4, 10, "198.51.100.1")], [Peer("dsl", None)]), "SOURCES")
-    assert "SOURCES" in text
+        [R("wan1", 4, 10, "198.51.100.1")], [Peer("dsl", None)]), "ns1", "/x/peers")
+    assert "#   default routes: the main table of network namespace ns1\n" in text
+    assert "#   pppd peers:     /x/peers\n" in text
     assert "# found: default route via 198.51.100.1 dev wan1, metric 10" in text
     assert "# found: pppd peer 'dsl' (`pppd call dsl`)" in text
     assert "add `unit 0` (or `ifname ppp0`) to /etc/ppp/peers/dsl" in text
