@@ -128,6 +128,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _command_in(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """The subcommand a usage error is about: the parser's, else the first word naming one."""
+    sub = parser.prog.partition(" ")[2]
+    if sub:
+        return sub
+    names = {n for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+             for n in a.choices}
+    return next((a for a in argv if a in names), None)
+
+
 def _json_flag(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--json", action="store_true",
                     help="print one JSON document (schema 1, docs/json.md), errors included")
@@ -172,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         e.parser.print_usage(sys.stderr)
         sys.stderr.write(f"{e.parser.prog}: error: {e.message}\n")
         if "--json" in argv:
-            jsonout.emit(jsonout.failure(e.parser.prog.partition(" ")[2] or None, "usage",
-                                         e.message))
+            jsonout.emit(jsonout.failure(_command_in(e.parser, argv), "usage", e.message))
         return EXIT_CONFIG
     except SystemExit as e:
         return EXIT_CONFIG if e.code not in (0, None) else 0

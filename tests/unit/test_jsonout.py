@@ -128,6 +128,14 @@ def test_argparse_usage_error_json(capsys, cfg) -> None:
     assert err.startswith("usage: connpin flush") and "connpin flush: error: " in err
 
 
+def test_usage_error_found_by_the_main_parser_names_the_command(capsys, cfg) -> None:
+    code, out, _ = run(capsys, "-c", cfg, "apply", "--bogus", "--json")
+    doc = doc_of(out)
+    assert code == 2 and doc["command"] == "apply" and "--bogus" in doc["error"]["message"]
+    code, out, _ = run(capsys, "--json")
+    assert code == 2 and doc_of(out)["command"] is None
+
+
 def test_argparse_usage_error_text_is_unchanged(capsys) -> None:
     """The same two lines argparse itself prints (usage, then prog: error: message)."""
     code, out, err = run(capsys, "flush")
