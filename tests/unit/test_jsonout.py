@@ -63,7 +63,9 @@ def test_every_printing_command_takes_json() -> None:
     without = {name for name, p in sub.choices.items()
                if not any("--json" in a.option_strings for a in p._actions)}
     # watch is a daemon (it logs), lab has its own parser (`lab list --json`)
-    assert without == {"watch", "lab"}
+    assert without == {"watch", "lab"}, (
+        f"{sorted(without - {'watch', 'lab'})}: a command that prints takes --json "
+        "(cli._json_flag, jsonout.document/failure) and has a section in docs/json.md")
 
 
 def test_plan_json_has_schema_and_the_same_fields(capsys, cfg) -> None:
