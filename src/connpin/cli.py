@@ -1,7 +1,8 @@
 """argv and environment -> calls -> exit codes. The only module that knows about them.
 
 Exit codes: 0 ok; 1 runtime failure (previous state kept); 2 bad config or usage, or conflicts
-(`check`, `apply`); 3 `status`: the kernel does not match the plan or a conflict appeared;
+(`check`, `apply`); 3 `status`: the kernel does not match the plan or a conflict appeared
+(`status --nagios`: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN, the monitoring-plugin convention);
 4 needs root (`check`: some part unreadable).
 """
 
@@ -63,8 +64,20 @@ def _parser() -> argparse.ArgumentParser:
     for verb, what in (("up", "came up"), ("down", "is going away")):
         sp = add(verb, help=f"hook entry: interface IFACE {what}")
         sp.add_argument("iface", metavar="IFACE")
-    sp = add("status", help="what is pinned where; exit 3 when the kernel differs")
-    sp.add_argument("--json", action="store_true")
+    sp = add("status", help="uplinks in config order: state and since when, health, tier, "
+             "weight, share of new connections, pinned connections; where new connections go "
+             "now; exit 3 when the kernel differs from the plan")
+    out = sp.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="the same as JSON (docs/json.md)")
+    out.add_argument("--nagios", action="store_true",
+                     help="one line for monitoring (Nagios/Icinga plugin convention): exit 0 OK, "
+                     "1 WARNING (an uplink is down or dead but new connections still have a "
+                     "live one; the kernel differs from the plan; a conflict; the daemon "
+                     "failing), 2 CRITICAL (no live uplink, or connpin's ruleset is not "
+                     "installed), 3 UNKNOWN (bad config, no root, status unreadable)")
+    sp.add_argument("-v", "--verbose", action="store_true",
+                    help="every uplink's reason, mark, table, rule, route, IPv6, health per "
+                    "target and pinned bytes")
     sp = add("check", help="what on this machine collides with connpin's mark bits, rule "
              "priorities, tables (read-only); exit 2 on conflicts")
     sp.add_argument("--json", action="store_true")
@@ -125,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:
         return EXIT_CONFIG if e.code not in (0, None) else 0
+    if getattr(args, "nagios", False):
+        return _nagios_guard(args)
     try:
         return _dispatch(args)
     except model.ConfigError as e:
@@ -310,26 +325,65 @@ def _plan(config: model.Config, result: Any, args: argparse.Namespace) -> int:
 
 def _status(config: model.Config, args: argparse.Namespace) -> int:
     from connpin import engine, pins
+    from connpin.kernel import state
+    from connpin.kernel.netlink import Netlink
     from connpin.render import status as render_status
-
-    result = engine.observe(config)
-
-    pinned = {c.interface: (c.connections, c.bytes)
-              for c in pins.counts(config, result.desired.uplinks)}
-    report = render_status.build(config, result, pinned)
+    from connpin.render import status_text
     from connpin.watch import record
 
+    result = engine.observe(config)
+    pinned = {c.interface: (c.connections, c.bytes)
+              for c in pins.counts(config, result.desired.uplinks)}
+    nl = Netlink()
+    try:  # where new connections go when connpin does not choose
+        main = {f: nl.main_defaults(f) for f in ((4, 6) if result.observed.ipv6 else (4,))}
+    finally:
+        nl.close()
+    watch = record.load()  # the daemon's own word: a failure that persists, uplinks' health
+    report = render_status.build(config, result, pinned, watch=watch,
+                                 since=state.load().get("since"), counters=_counters(config),
+                                 main=main)
     found = _conflicts(config)  # e.g. another tool started after connpin
     report["conflicts"] = [c.as_dict() for c in found]
-    report["watch"] = record.load()  # the daemon's own word: a failure that persists
-    render_status.add_health(report, report["watch"])  # and, with `check`, uplinks' health
+    report["watch"] = watch
+    refused = [c for c in found if not c.allowed]
+    if args.nagios:
+        problems = [f"{len(refused)} conflict(s) (connpin check)"] if refused else []
+        if (watch or {}).get("failing"):
+            problems.append("the daemon's converge is failing")
+        code, line = status_text.nagios(report, problems)
+        print(line)
+        return code
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        sys.stdout.write(render_status.text(report) + record.text(report["watch"]))
+        sys.stdout.write(status_text.text(report, args.verbose) + record.text(watch))
         for c in found:
             print(f"conflict: {c}")
-    return 0 if report["in_place"] and not any(not c.allowed for c in found) else EXIT_DRIFT
+    return 0 if report["in_place"] and not refused else EXIT_DRIFT
+
+
+def _counters(config: model.Config) -> Any:
+    """nft counters per uplink name (values.Counters) for the share of new connections; None
+    until connpin's table carries them (status then shows "-")."""
+    return None
+
+
+def _nagios_guard(args: argparse.Namespace) -> int:
+    """`status --nagios`: whatever goes wrong is one UNKNOWN line and exit 3 (the plugin
+    convention), never a traceback or another exit code."""
+    from connpin.render.status_text import UNKNOWN
+
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - the monitoring system needs one line
+        kind = "" if isinstance(e, model.ConfigError | Usage | PermissionError) else (
+            f"{type(e).__name__}: ")
+        text = "; ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
+        print(f"CONNPIN UNKNOWN - {kind}{text}")
+        return UNKNOWN
 
 
 def _conflicts(config: model.Config, blocking: bool = False) -> list[Any]:
