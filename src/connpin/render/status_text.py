@@ -76,8 +76,9 @@ def _loss(h: Mapping[str, Any] | None) -> str:
     return _pct(sum(losses) / len(losses)) if losses else "-"
 
 
-def _problems(u: Mapping[str, Any]) -> list[str]:
-    """What is not fine with one uplink, as short phrases (empty: up, alive, in place)."""
+def _problems(u: Mapping[str, Any], v6: bool = False) -> list[str]:
+    """What is not fine with one uplink, as short phrases (empty: up, alive, in place); with
+    `v6` (other uplinks have IPv6), why this one's IPv6 is off."""
     out = []
     if u["state"] != UP:
         out.append(f"{u['state']}: {u['reason']}" if u["state"] != DEAD else
@@ -88,9 +89,11 @@ def _problems(u: Mapping[str, Any]) -> list[str]:
                                      ("route", u["route_in_place"])) if not ok]
     if missing:
         out.append(f"{' and '.join(missing)} {'MISSING' if u['up'] else 'STALE'}")
-    v6 = u.get("ipv6") or {}
-    if v6 and not (v6["rule_in_place"] and v6["route_in_place"]):
-        out.append(f"IPv6 rule/route {'MISSING' if v6['up'] else 'STALE'}")
+    six = u.get("ipv6") or {}
+    if six and not (six["rule_in_place"] and six["route_in_place"]):
+        out.append(f"IPv6 rule/route {'MISSING' if six['up'] else 'STALE'}")
+    if v6 and six and u["up"] and not six["up"]:
+        out.append(f"ipv6 off: {six['state']}")
     return out
 
 
@@ -158,7 +161,8 @@ def _detail(u: Mapping[str, Any], now: str | None) -> list[str]:
     if u.get("new_connections") is not None:
         out.append(f"  new connections: {u['new_connections']} ({_pct(u.get('share'))})")
     if "connections" in u:
-        out.append(f"  pinned: {u['connections']} connections"
+        n = u["connections"]
+        out.append(f"  pinned: {n} connection{'' if n == 1 else 's'}"
                    + (f", {_size(u['bytes'])}" if u.get("bytes") is not None else ""))
     h = u.get("health")
     if h:
@@ -225,7 +229,7 @@ def text(report: Mapping[str, Any], verbose: bool = False) -> str:
     v6 = any(u["ipv6"]["up"] for u in ups)
     lines = _table(report, v6)
     for u in ups:
-        problems = _problems(u)
+        problems = _problems(u, v6)
         if problems and not verbose:
             lines += wrap(f"  {u['uplink']}: {'; '.join(problems)}", WIDTH, indent="    ",
                           sep="; ")
