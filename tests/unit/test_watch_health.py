@@ -217,7 +217,7 @@ def test_status_shows_health_from_the_record() -> None:
     assert a["health"]["targets"][0] == {k: v for k, v in figures["targets"][0].items()}
     assert a["state"] == "dead" and c["health"] is None and c["state"] == "up"
     text = status_text.text(report).splitlines()
-    assert text[1].split()[:8] == ["a", "wan0", "dead", "-", "dead", "1m15s", "1.3ms", "25%"]
+    assert text[1].split()[:8] == ["a", "wan0", "dead", "-", "dead", "1m15s", "-", "25%"]
     assert text[3].startswith("  a: dead: all lost; ")  # (nothing installed: Imagined)
     verbose = status_text.text(report, verbose=True)
     assert "  health: dead, since 2026-12-02T14:31:02Z (1m15s ago): all lost" in verbose

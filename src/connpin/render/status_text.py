@@ -76,9 +76,9 @@ def _loss(h: Mapping[str, Any] | None) -> str:
     return _pct(sum(losses) / len(losses)) if losses else "-"
 
 
-def _problems(u: Mapping[str, Any], v6: bool = False) -> list[str]:
-    """What is not fine with one uplink, as short phrases (empty: up, alive, in place); with
-    `v6` (other uplinks have IPv6), why this one's IPv6 is off."""
+def _problems(u: Mapping[str, Any]) -> list[str]:
+    """What is not fine with one uplink, as short phrases (empty: up, alive, in place; an
+    IPv4-only uplink is fine: why its IPv6 is off is in -v)."""
     out = []
     if u["state"] != UP:
         out.append(f"{u['state']}: {u['reason']}" if u["state"] != DEAD else
@@ -92,8 +92,6 @@ def _problems(u: Mapping[str, Any], v6: bool = False) -> list[str]:
     six = u.get("ipv6") or {}
     if six and not (six["rule_in_place"] and six["route_in_place"]):
         out.append(f"IPv6 rule/route {'MISSING' if six['up'] else 'STALE'}")
-    if v6 and six and u["up"] and not six["up"]:
-        out.append(f"ipv6 off: {six['state']}")
     return out
 
 
@@ -120,8 +118,9 @@ def _rows(report: Mapping[str, Any], v6: bool, nbytes: bool) -> list[str]:
     for u in ups:
         h = u.get("health")
         row = [u["uplink"], u["interface"], u["state"], ago(u["since"], now)]
-        if checked:
-            row += [h["state"], ago(h["since"], now), _rtt(h), _loss(h)] if h else ["-"] * 4
+        if checked:  # (a dead uplink's RTT is history: "-")
+            row += [h["state"], ago(h["since"], now), "-" if h["state"] == DEAD else _rtt(h),
+                    _loss(h)] if h else ["-"] * 4
         if choosing:
             row += [str(u["tier"]), str(u["weight"])]
         if shared:
@@ -152,7 +151,7 @@ def _detail(u: Mapping[str, Any], now: str | None) -> list[str]:
         out.append(f"  route: {u['route']}")
     v6 = u["ipv6"]
     out.append(f"  ipv6: {'up' if v6['up'] else 'off'}, {since(v6.get('since'))}"
-               f"{why(v6['state'])}" + ("" if v6["rule_in_place"] and v6["route_in_place"] else
+               f"{why(v6['reason'])}" + ("" if v6["rule_in_place"] and v6["route_in_place"] else
                                         ", rule/route " + ("MISSING" if v6["up"] else "STALE")))
     if v6.get("route"):
         out.append(f"  ipv6 route: {v6['route']}")
@@ -229,7 +228,7 @@ def text(report: Mapping[str, Any], verbose: bool = False) -> str:
     v6 = any(u["ipv6"]["up"] for u in ups)
     lines = _table(report, v6)
     for u in ups:
-        problems = _problems(u, v6)
+        problems = _problems(u)
         if problems and not verbose:
             lines += wrap(f"  {u['uplink']}: {'; '.join(problems)}", WIDTH, indent="    ",
                           sep="; ")
@@ -287,6 +286,8 @@ def nagios(report: Mapping[str, Any], problems: Sequence[str] = ()) -> tuple[int
         if u.get("new_connections") is not None:
             perf.append(f"{key}_new={u['new_connections']}c")
         h = u.get("health")
-        if h and (r := _rtt(h)) != "-":
+        if h and h["state"] != DEAD and (r := _rtt(h)) != "-":
             perf.append(f"{key}_rtt={r}")
+        if h and (loss := _loss(h)) != "-":
+            perf.append(f"{key}_loss={loss};;;0;100")
     return code, f"CONNPIN {LABELS[code]} - {summary} | {' '.join(perf)}"
