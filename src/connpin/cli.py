@@ -73,8 +73,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="one line for monitoring (Nagios/Icinga plugin convention): exit 0 OK, "
                      "1 WARNING (an uplink is down or dead but new connections still have a "
                      "live one; the kernel differs from the plan; a conflict; the daemon "
-                     "failing), 2 CRITICAL (no live uplink, or connpin's ruleset is not "
-                     "installed), 3 UNKNOWN (bad config, no root, status unreadable)")
+                     "failing or, with check, not running), 2 CRITICAL (no live uplink, or "
+                     "connpin's ruleset is not installed), 3 UNKNOWN (bad config, no root, "
+                     "status unreadable)")
     sp.add_argument("-v", "--verbose", action="store_true",
                     help="every uplink's reason, mark, table, rule, route, IPv6, health per "
                     "target and pinned bytes")

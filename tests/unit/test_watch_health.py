@@ -209,7 +209,10 @@ def test_status_shows_health_from_the_record() -> None:
                             "loss": None, "probes": 0, "lost": 0}]}
     report = status.build(config, result)
     assert report["uplinks"][0]["health"] is None
-    assert "health" not in status_text.text(report)
+    text = status_text.text(report).splitlines()
+    assert text[0].split()[4] == "health" and text[1].split()[4] == "-"  # checked, no daemon
+    assert "health: not tracked (`connpin watch` is not running)" in text
+    assert "health not tracked" in status_text.nagios(dict(report, installed=True))[1]
     report = status.build(config, result, watch={"pid": 1, "health": {"a": figures}},
                           now=1_796_221_862.0 + 75)
     a, c = report["uplinks"]

@@ -9,7 +9,8 @@ matches the plan.
 
 Monitoring (nagios): OK (0) when every uplink is up and alive and the kernel matches the plan;
 WARNING (1) when some uplink is down or dead but new connections still have a live uplink, or
-the kernel differs from the plan, or a conflict or a failing daemon shows; CRITICAL (2) when no
+the kernel differs from the plan, or a conflict or a failing daemon shows, or uplinks have
+`check` but no daemon runs; CRITICAL (2) when no
 uplink is live or connpin's ruleset is not installed; UNKNOWN (3) is the caller's, for a config
 error or a status that could not be read.
 """
@@ -103,7 +104,7 @@ def _table(report: Mapping[str, Any], v6: bool) -> list[str]:
 
 def _rows(report: Mapping[str, Any], v6: bool, nbytes: bool) -> list[str]:
     ups = report["uplinks"]
-    checked = any(u.get("health") for u in ups)
+    checked = any(u.get("checked") or u.get("health") for u in ups)
     choosing = report["new_connections"]["chosen_by"] == "connpin"
     shared = choosing or report.get("counters")
     counted = any("connections" in u for u in ups)
@@ -234,6 +235,8 @@ def text(report: Mapping[str, Any], verbose: bool = False) -> str:
                           sep="; ")
     for w in report["patterns_without_interfaces"]:
         lines.append(f"{w['uplink']}: no interface matches {w['pattern']!r} yet")
+    if untracked(report):
+        lines.append("health: not tracked (`connpin watch` is not running)")
     if verbose:
         for u in ups:
             lines += _detail(u, report.get("at"))
@@ -256,6 +259,11 @@ def text(report: Mapping[str, Any], verbose: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
+def untracked(report: Mapping[str, Any]) -> bool:
+    """Some uplink has `check` but no daemon runs to probe it."""
+    return any(u.get("checked") for u in report["uplinks"]) and not report.get("watch")
+
+
 def nagios(report: Mapping[str, Any], problems: Sequence[str] = ()) -> tuple[int, str]:
     """(exit code, the one line) of the monitoring-plugin convention. `problems`: more reasons
     for a WARNING the report does not carry (conflicts, a failing daemon)."""
@@ -263,20 +271,22 @@ def nagios(report: Mapping[str, Any], problems: Sequence[str] = ()) -> tuple[int
     alive = live(report)
     bad = [f"{u['uplink']} {u['state']}" for u in ups if u["state"] != UP]
     bad += [f"{w['uplink']} no interface" for w in report["patterns_without_interfaces"]]
+    names = len({u["uplink"] for u in ups}) + len(report["patterns_without_interfaces"])
     if not report.get("installed", True):
         code, summary = CRITICAL, "connpin's ruleset is not installed (connpin apply)"
     elif not alive:
         code, summary = CRITICAL, "no live uplink" + (f" ({', '.join(bad)})" if bad else "")
     else:
-        names = len({u["uplink"] for u in ups}) + len(report["patterns_without_interfaces"])
         parts = [f"{len(set(alive))}/{names} uplinks live"]
         parts += bad
         if report["drift"]:
             parts.append(f"kernel differs from the plan ({len(report['drift'])})")
         parts += list(problems)
-        code = WARNING if bad or report["drift"] or problems else OK
+        if untracked(report):
+            parts.append("health not tracked (connpin watch is not running)")
+        code = WARNING if len(parts) > 1 else OK
         summary = ", ".join(parts)
-    perf = [f"live={len(set(alive))};;;0;{len({u['uplink'] for u in ups})}"]
+    perf = [f"live={len(set(alive))};;;0;{names}"]
     for u in ups:
         key = u["uplink"] if sum(x["uplink"] == u["uplink"] for x in ups) == 1 else (
             f"{u['uplink']}_{u['interface']}")
