@@ -24,7 +24,7 @@ printf '%s|%s|%s|%s\\n' "$CONNPIN_UPLINK" "$CONNPIN_OLD" "$CONNPIN_NEW" "$CONNPI
 
 
 def health_of(lab: Lab) -> dict[str, dict]:
-    return {u["uplink"]: u["health"] for u in status(lab)["uplinks"] if "health" in u}
+    return {u["uplink"]: u["health"] for u in status(lab)["uplinks"] if u.get("health")}
 
 
 def wait_health(lab: Lab, want: dict[str, str], daemon: Daemon, timeout: float) -> dict:
