@@ -1,14 +1,14 @@
 """argv and environment -> calls -> exit codes. The only module that knows about them.
 
 Exit codes: 0 ok; 1 runtime failure (previous state kept); 2 bad config or usage, or conflicts
-(`check`, `apply`); 3 `status`: the kernel does not match the plan or a conflict appeared;
+(`check`, `apply`); 3 `status`: the kernel does not match the plan or a conflict appeared
+(`status --nagios`: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN, the monitoring-plugin convention);
 4 needs root (`check`: some part unreadable).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
@@ -82,8 +82,21 @@ def _parser() -> argparse.ArgumentParser:
         sp = add(verb, help=f"hook entry: interface IFACE {what}")
         sp.add_argument("iface", metavar="IFACE")
         _json_flag(sp)
-    sp = add("status", help="what is pinned where; exit 3 when the kernel differs")
-    sp.add_argument("--json", action="store_true")
+    sp = add("status", help="uplinks in config order: state and since when, health, tier, "
+             "weight, share of new connections, pinned connections; where new connections go "
+             "now; exit 3 when the kernel differs from the plan")
+    out = sp.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="the same as JSON (docs/json.md)")
+    out.add_argument("--nagios", action="store_true",
+                     help="one line for monitoring (Nagios/Icinga plugin convention): exit 0 OK, "
+                     "1 WARNING (an uplink is down or dead but new connections still have a "
+                     "live one; the kernel differs from the plan; a conflict; the daemon "
+                     "failing or, with check, not running), 2 CRITICAL (no live uplink, or "
+                     "connpin's ruleset is not installed), 3 UNKNOWN (bad config, no root, "
+                     "status unreadable)")
+    sp.add_argument("-v", "--verbose", action="store_true",
+                    help="every uplink's reason, mark, table, rule, route, IPv6, health per "
+                    "target and pinned bytes")
     sp = add("check", help="what on this machine collides with connpin's mark bits, rule "
              "priorities, tables (read-only); exit 2 on conflicts")
     sp.add_argument("--json", action="store_true")
@@ -191,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     except SystemExit as e:
         return EXIT_CONFIG if e.code not in (0, None) else 0
+    if getattr(args, "nagios", False):
+        from connpin import status_cli
+
+        return status_cli.nagios_guard(args, _dispatch)
     try:
         return _dispatch(args)
     except model.ConfigError as e:
@@ -278,7 +295,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         except netns.NetnsError as e:
             raise Usage(str(e)) from None
     if args.command == "status":
-        return _status(config, args)
+        from connpin import status_cli
+
+        return status_cli.run(config, args, _conflicts(config), EXIT_DRIFT)
     if args.command == "check":
         return _check(config, args)
     if args.command == "ha":
@@ -436,30 +455,6 @@ def _plan(config: model.Config, result: Any, args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_plan.text(config, result, live))
     return 0
-
-
-def _status(config: model.Config, args: argparse.Namespace) -> int:
-    from connpin import engine, pins
-    from connpin.render import status as render_status
-
-    result = engine.observe(config)
-
-    pinned = {c.interface: (c.connections, c.bytes)
-              for c in pins.counts(config, result.desired.uplinks)}
-    report = render_status.build(config, result, pinned)
-    from connpin.watch import record
-
-    found = _conflicts(config)  # e.g. another tool started after connpin
-    report["conflicts"] = [c.as_dict() for c in found]
-    report["watch"] = record.load()  # the daemon's own word: a failure that persists
-    render_status.add_health(report, report["watch"])  # and, with `check`, uplinks' health
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        sys.stdout.write(render_status.text(report) + record.text(report["watch"]))
-        for c in found:
-            print(f"conflict: {c}")
-    return 0 if report["in_place"] and not any(not c.allowed for c in found) else EXIT_DRIFT
 
 
 def _conflicts(config: model.Config, blocking: bool = False) -> list[Any]:
