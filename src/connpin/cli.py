@@ -17,6 +17,8 @@ from connpin import model
 from connpin.errors import Usage
 
 EXIT_FAIL, EXIT_CONFIG, EXIT_DRIFT, EXIT_ROOT = 1, 2, 3, 4
+#: Commands that log (connpin.logs): the daemon, and those hooks run (also to syslog).
+LOGGED = ("watch", "up", "down", "sweep")
 
 
 class _Version(argparse.Action):
@@ -125,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:
         return EXIT_CONFIG if e.code not in (0, None) else 0
+    if args.command in LOGGED:  # the daemon and what hooks run: connpin.logs
+        from connpin import logs
+
+        logs.setup(f"connpin {args.command}", verbose=getattr(args, "verbose", False),
+                   syslog=args.command != "watch", tee_stdout=not getattr(args, "json", False))
     try:
         return _dispatch(args)
     except model.ConfigError as e:
@@ -150,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         kind = "" if isinstance(e, ApplyError) else f"{type(e).__name__}: "
         print(f"connpin {args.command}: failed: {kind}{e}", file=sys.stderr)
         return EXIT_FAIL
+    finally:
+        if args.command in LOGGED:
+            from connpin import logs
+
+            logs.restore()
 
 
 def _dispatch(args: argparse.Namespace) -> int:
