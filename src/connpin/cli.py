@@ -86,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     wp.add_argument("-v", "--verbose", action="store_true", help="log every event and resync")
     wp.add_argument("--resync", type=_seconds, default=60.0, metavar="SECONDS",
                     help="re-read the whole kernel at least this often (default 60)")
+    tp = add("top", help="live view: uplinks, health, pinned connections, bytes/s, events "
+             "(q quits; plain lines when not on a terminal)")
+    tp.add_argument("-d", "--interval", type=_seconds, default=2.0, metavar="SECONDS",
+                    help="refresh every SECONDS (default 2)")
+    tp.add_argument("-n", "--count", type=_count, metavar="N",
+                    help="refresh N times as plain lines, then exit")
+    tp.add_argument("--once", action="store_true", help="one refresh as plain lines")
     hp = add("hooks", help="install or remove hook scripts")
     hp.add_argument("action", choices=["install", "remove"])
     hp.add_argument("--ppp", action="store_true", help="pppd ip-up.d / ip-down.d")
@@ -108,6 +115,12 @@ def _seconds(text: str) -> float:
     if not 0 < value < 1e6:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
     return value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 10**9:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive count")
+    return int(text)
 
 
 def _config_path(args: argparse.Namespace) -> str:
@@ -220,6 +233,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _sweep(config, args)
     if args.command == "watch":
         return _watch(config, args)
+    if args.command == "top":
+        from connpin import top
+
+        return top.run(config, args.interval, args.once, args.count)
     return _change(config, args)
 
 
