@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -18,7 +19,7 @@ from connpin.errors import Usage
 
 EXIT_FAIL, EXIT_CONFIG, EXIT_DRIFT, EXIT_ROOT = 1, 2, 3, 4
 #: Commands that log (connpin.logs): the daemon, and those hooks run (also to syslog).
-LOGGED = ("watch", "up", "down", "sweep")
+LOGGED = ("watch", "up", "down", "sweep", "dhclient")
 
 
 class _Version(argparse.Action):
@@ -65,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     for verb, what in (("up", "came up"), ("down", "is going away")):
         sp = add(verb, help=f"hook entry: interface IFACE {what}")
         sp.add_argument("iface", metavar="IFACE")
+    sp = add("dhclient", help="hook entry: dhclient's exit hook (REASON: BOUND, EXPIRE, ...)")
+    sp.add_argument("iface", metavar="IFACE")
+    sp.add_argument("reason", metavar="REASON")
     sp = add("status", help="what is pinned where; exit 3 when the kernel differs")
     sp.add_argument("--json", action="store_true")
     sp = add("check", help="what on this machine collides with connpin's mark bits, rule "
@@ -99,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     hp.add_argument("--networkmanager", action="store_true", help="NetworkManager dispatcher")
     hp.add_argument("--networkd", action="store_true", help="networkd-dispatcher")
     hp.add_argument("--ifupdown", action="store_true", help="ifupdown if-up.d / if-post-down.d")
+    hp.add_argument("--dhclient", action="store_true", help="dhclient-exit-hooks.d (isc-dhcp)")
     hp.add_argument("--systemd", action="store_true",
                     help="systemd unit running `connpin watch` (instead of hooks)")
     hp.add_argument("--root", default="/", help="install under this directory (default /)")
@@ -184,6 +189,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return lab_run(args.args)
     if args.command == "hooks":
         return _hooks(args)
+    if args.command == "dhclient" and not _dhclient(args):
+        return 0  # a reason that needs nothing
     if args.command in ("up", "down") and not model.valid_ifname(args.iface):
         raise Usage(f"{args.iface!r} is not a valid interface name")
     config = model.load(_config_path(args))
@@ -238,6 +245,22 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return top.run(config, args.interval, args.once, args.count)
     return _change(config, args)
+
+
+def _dhclient(args: argparse.Namespace) -> bool:
+    """dhclient's exit hook: args become `up` or `down` IFACE; False: a reason that needs
+    nothing."""
+    from connpin import hooks
+
+    if not model.valid_ifname(args.iface):
+        raise Usage(f"{args.iface!r} is not a valid interface name")
+    action = hooks.dhclient_action(args.reason)
+    if action is None:
+        if not re.fullmatch(r"[A-Z][A-Z0-9]{0,15}", args.reason):
+            raise Usage(f"{args.reason!r} is not a dhclient reason")
+        return False  # PREINIT, ARPCHECK, ...: nothing to do, nothing to say
+    args.command = action
+    return True
 
 
 def _watch(config: model.Config, args: argparse.Namespace) -> int:
@@ -391,10 +414,11 @@ def _check(config: model.Config, args: argparse.Namespace) -> int:
 def _hooks(args: argparse.Namespace) -> int:
     from connpin import hooks
 
-    kinds = [k for k in ("ppp", "networkmanager", "networkd", "ifupdown", "systemd")
+    kinds = [k for k in ("ppp", "networkmanager", "networkd", "ifupdown", "dhclient", "systemd")
              if getattr(args, k)]
     if not kinds:
-        raise Usage("say which: --ppp, --networkmanager, --networkd, --ifupdown and/or --systemd")
+        raise Usage("say which: --ppp, --networkmanager, --networkd, --ifupdown, --dhclient "
+                    "and/or --systemd")
     if args.action == "install":
         config = args.config or os.environ.get("CONNPIN_CONFIG")
         if config:

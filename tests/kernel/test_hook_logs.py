@@ -1,7 +1,8 @@
 """Hooks leave a trace: pppd runs them with stdio on /dev/null, so what a hook command says goes
 to syslog too. The real hook script runs in a private mount namespace whose /dev holds the
 usual device nodes and a /dev/log bound to a datagram socket this test reads (the host's /dev
-is never touched). And where systemd runs, journald reads the daemon's priorities."""
+is never touched). Where systemd runs, journald reads the daemon's priorities. And the dhclient
+exit hook, sourced as dhclient-script does, pins and unpins an Ethernet uplink of the lab."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 from helpers import KERNEL
 
 from connpin import hooks
+from connpin.lab import Lab
 
 pytestmark = KERNEL
 
@@ -132,3 +134,62 @@ def test_journald_reads_the_daemons_priorities(tmp_path) -> None:
             break
         time.sleep(0.2)
     assert seen == want
+
+
+#: Debian's dhclient-script sources its exit hooks in its own shell (run_hook, abridged).
+DHCLIENT_SCRIPT = """
+run_hook() {
+    local script="$1"
+    local exit_status="$2"
+    if [ -f $script ]; then
+        . $script
+    fi
+    return $exit_status
+}
+interface="$1" reason="$2"
+run_hook "$HOOK" 0
+"""
+
+
+def test_dhclient_hook_refuses_a_hostile_interface_and_says_so_in_syslog(syslog, tmp_path
+                                                                          ) -> None:
+    hook = _hook(tmp_path, hooks.DHCLIENT[0])
+    hostile = "eth0$(touch pwned)"
+    code = syslog.run(["sh", "-c", DHCLIENT_SCRIPT, "dhclient-script", hostile, "BOUND"],
+                      {"PATH": os.environ["PATH"], "HOOK": hook})
+    assert code == 0  # dhclient-script's own status: the hook never ends it
+    lines = syslog.lines()
+    assert len(lines) == 1 and lines[0].startswith("<27>connpin-hook["), lines
+    assert lines[0].endswith(f"]: connpin dhclient: {hostile!r} is not a valid interface name")
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
+def test_dhclient_hook_pins_and_unpins_an_ethernet_uplink() -> None:
+    with Lab(uplinks=("ppp", "eth")) as lab:
+        lab.write_config(lab.default_config())
+        lab.connpin("hooks", "install", "--dhclient", "--root", str(lab.hooks_root))
+        hook = str(lab.hooks_root / hooks.DHCLIENT[0].path)
+
+        def dhclient(reason: str) -> None:
+            lab.exec("router", ["sh", "-c", DHCLIENT_SCRIPT, "dhclient-script", "wan2", reason],
+                     env={"HOOK": hook})
+
+        def wan2() -> dict:
+            p = lab.connpin("status", "--json", check=False)
+            report = json.loads(p.stdout)
+            assert p.returncode == 0, p.stdout  # the kernel matches the plan
+            return next(u for u in report["uplinks"] if u["interface"] == "wan2")
+
+        lab.uplink_up(2)  # a lease: address and default route (no NetworkManager hook here)
+        dhclient("PREINIT")  # nothing happens: nothing installed yet
+        assert lab.connpin("status", check=False).returncode == 3
+        dhclient("BOUND")
+        st = wan2()
+        assert st["up"] and st["rule_in_place"] and st["route_in_place"]
+        assert lab.uplink_of(lab.connect("router", device="wan2")) == 2
+        lab.uplink_down(2)  # the lease released: address and route gone
+        dhclient("RELEASE")
+        st = wan2()
+        assert not st["up"] and st["rule_in_place"] and st["route_in_place"]  # none left
+        assert f"table {st['table']}" not in lab.exec("router", ["ip", "route", "show",
+                                                                 "table", "all"]).stdout
