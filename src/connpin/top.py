@@ -15,20 +15,23 @@ import os
 import select
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from connpin import model
 from connpin.render.top import Row, Sample, View
-from connpin.values import Counters
+from connpin.values import Counters, UplinkState
 
 
-def _link_counters(stats: Any, names: Iterable[str]) -> dict[str, Counters]:
-    return stats.counters(names)
+def link_counters(sampler: Sampler, states: Sequence[UplinkState]) -> dict[str, Counters]:
+    """interface -> Counters from the links' statistics (all the interface carried)."""
+    return sampler.stats.counters(s.interface for s in states)
 
 
-#: (link stats reader, interface names) -> interface -> Counters. The seam for nft counters.
-COUNTERS: Callable[[Any, Iterable[str]], dict[str, Counters]] = _link_counters
+#: (sampler, uplink states) -> interface -> Counters. The seam where connpin's own nft counters
+#: per uplink (connpin.kernel.counters.read(netns, table): only its pinned connections, keyed
+#: by mark) replace the link statistics; a reader that fails shows "-", never stops top.
+COUNTERS: Callable[[Sampler, Sequence[UplinkState]], dict[str, Counters]] = link_counters
 
 
 class Sampler:
@@ -76,7 +79,10 @@ class Sampler:
         self._count(states)
         daemon = record.load()
         health = (daemon or {}).get("health") or {}
-        counters = COUNTERS(self.stats, [s.interface for s in states])
+        try:
+            counters = COUNTERS(self, states)
+        except Exception:  # noqa: BLE001 - bytes/s unknown this time
+            counters = {}
         rows = []
         for s in states:
             h = health.get(s.uplink)
