@@ -125,3 +125,23 @@ def test_a_hook_command_prints_as_before_and_to_syslog(syslog, capsys, tmp_path)
     assert not isinstance(sys.stdout, logs._Tee) and not isinstance(sys.stderr, logs._Tee)
     assert cli.main(["-c", str(cfg), "plan"]) == 0  # other commands: no syslog
     assert _received(syslog) == []
+
+
+def test_daemon_lines_carry_their_levels(tmp_path, monkeypatch, caplog) -> None:
+    """A config that does not load on SIGHUP is an error, an error outside a converge a
+    warning, a reload an info line (what journald shows with -p)."""
+    path = tmp_path / "connpin.toml"
+    path.write_text("[[uplink\n")
+    w = daemon.Watcher(str(path), model.loads('[[uplink]]\nname="a"\ninterface="ppp0"\n'))
+    w.sleep = lambda s: None
+    w._open = lambda: None  # type: ignore[method-assign]
+    monkeypatch.setattr(w, "converge", lambda why: None)
+    with caplog.at_level(logging.DEBUG, logger="connpin"):
+        w.reload()
+        w._recover(OSError(88, "Socket operation on non-socket"))
+        path.write_text('[[uplink]]\nname="a"\ninterface="ppp0"\n')
+        w.reload()
+    got = [(r.name, r.levelno, r.getMessage().split(" ")[-1]) for r in caplog.records]
+    assert got == [("connpin.watch", logging.ERROR, "config"),
+                   ("connpin.watch", logging.WARNING, "resync"),
+                   ("connpin.watch", logging.INFO, str(path))]
