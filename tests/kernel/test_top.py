@@ -24,16 +24,18 @@ TIMEOUT = 60.0  # generous: 2 busy cores
 
 
 class Tmux:
-    """A private tmux server (its own socket) with one window running a command."""
+    """A private tmux server (its own socket, in the test's directory) with one window
+    running a command."""
 
-    def __init__(self, command: str, width: int = 110, height: int = 32) -> None:
-        self.socket = f"connpin-test-{uuid.uuid4().hex[:8]}"
-        subprocess.run(["tmux", "-L", self.socket, "-f", "/dev/null", "new-session", "-d",
+    def __init__(self, command: str, directory: Path, width: int = 110, height: int = 32
+                 ) -> None:
+        self.socket = str(directory / f"tmux-{uuid.uuid4().hex[:8]}")
+        subprocess.run(["tmux", "-S", self.socket, "-f", "/dev/null", "new-session", "-d",
                         "-s", "top", "-x", str(width), "-y", str(height), command],
                        check=True, timeout=30)
 
     def screen(self) -> str:
-        p = subprocess.run(["tmux", "-L", self.socket, "capture-pane", "-p", "-t", "top"],
+        p = subprocess.run(["tmux", "-S", self.socket, "capture-pane", "-p", "-t", "top"],
                            capture_output=True, text=True, timeout=30)
         return p.stdout
 
@@ -52,11 +54,11 @@ class Tmux:
         return found[0]
 
     def keys(self, *keys: str) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "send-keys", "-t", "top", *keys],
+        subprocess.run(["tmux", "-S", self.socket, "send-keys", "-t", "top", *keys],
                        check=True, timeout=30)
 
     def close(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True,
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True,
                        timeout=30)
 
 
@@ -76,7 +78,7 @@ def test_top_in_tmux_follows_an_uplink_going_down_and_quits_on_q(tmp_path: Path)
         argv = [sys.executable, "-m", "connpin", "--netns", lab.ns("router"), "-c",
                 str(lab.config_path), "top", "-d", "0.5"]
         env = f"env PATH={os.environ['PATH']}"
-        tmux = Tmux(f"{env} {' '.join(argv)}; echo $? > {rc}; sleep 60")
+        tmux = Tmux(f"{env} {' '.join(argv)}; echo $? > {rc}; sleep 60", tmp_path)
         try:
             screen = tmux.wait(r"^isp2\s+ppp1\s+up\b", "top shows the lab's uplinks")
             assert re.search(r"^isp1\s+ppp0\s+up\b", screen, re.M), screen
