@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from typing import Any
 
@@ -148,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in LOGGED:  # the daemon and what hooks run: connpin.logs
         from connpin import logs
 
-        logs.setup(f"connpin {args.command}", verbose=getattr(args, "verbose", False),
-                   syslog=args.command != "watch", tee_stdout=not getattr(args, "json", False))
+        logs.setup_for(args)
     try:
         return _dispatch(args)
     except model.ConfigError as e:
@@ -189,8 +187,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return lab_run(args.args)
     if args.command == "hooks":
         return _hooks(args)
-    if args.command == "dhclient" and not _dhclient(args):
-        return 0  # a reason that needs nothing
+    if args.command == "dhclient":  # dhclient's exit hook: `up`, `down` or nothing
+        from connpin import hooks
+
+        if (action := hooks.dhclient_command(args.iface, args.reason)) is None:
+            return 0
+        args.command = action
     if args.command in ("up", "down") and not model.valid_ifname(args.iface):
         raise Usage(f"{args.iface!r} is not a valid interface name")
     config = model.load(_config_path(args))
@@ -245,22 +247,6 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return top.run(config, args.interval, args.once, args.count)
     return _change(config, args)
-
-
-def _dhclient(args: argparse.Namespace) -> bool:
-    """dhclient's exit hook: args become `up` or `down` IFACE; False: a reason that needs
-    nothing."""
-    from connpin import hooks
-
-    if not model.valid_ifname(args.iface):
-        raise Usage(f"{args.iface!r} is not a valid interface name")
-    action = hooks.dhclient_action(args.reason)
-    if action is None:
-        if not re.fullmatch(r"[A-Z][A-Z0-9]{0,15}", args.reason):
-            raise Usage(f"{args.reason!r} is not a dhclient reason")
-        return False  # PREINIT, ARPCHECK, ...: nothing to do, nothing to say
-    args.command = action
-    return True
 
 
 def _watch(config: model.Config, args: argparse.Namespace) -> int:

@@ -91,6 +91,22 @@ def dhclient_action(reason: str) -> str | None:
     return DHCLIENT_REASONS.get(reason)
 
 
+def dhclient_command(iface: str, reason: str) -> str | None:
+    """`connpin dhclient IFACE REASON` -> the command to run ("up"/"down"), None for a reason
+    that needs nothing (PREINIT, ARPCHECK, ...: nothing said either). Usage on hostile input."""
+    import re
+
+    from connpin.errors import Usage
+    from connpin.model import valid_ifname
+
+    if not valid_ifname(iface):
+        raise Usage(f"{iface!r} is not a valid interface name")
+    action = dhclient_action(reason)
+    if action is None and not re.fullmatch(r"[A-Z][A-Z0-9]{0,15}", reason):
+        raise Usage(f"{reason!r} is not a dhclient reason")
+    return action
+
+
 def command(config: str | None) -> str:
     """How a hook calls connpin: this Python, isolated (-I ignores PYTHON* variables)."""
     argv = [sys.executable, "-I", "-m", "connpin"]

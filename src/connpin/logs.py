@@ -149,6 +149,13 @@ def setup(program: str, *, verbose: bool = False, stream: IO[Any] | None = None,
     return logger
 
 
+def setup_for(args: Any) -> logging.Logger:
+    """`setup` for a parsed command line: `watch` to stderr only, hook commands also to
+    syslog (their stdout only when it is not --json)."""
+    return setup(f"connpin {args.command}", verbose=getattr(args, "verbose", False),
+                 syslog=args.command != "watch", tee_stdout=not getattr(args, "json", False))
+
+
 def restore() -> None:
     """Undo `setup`: the streams back, the handlers closed."""
     while _tees:
