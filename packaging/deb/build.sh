@@ -70,7 +70,7 @@ Description: connection pinning for Linux routers with several uplinks
  uplink, ip rule fwmark, a routing table per uplink), declaratively and
  atomically, beside the firewall and other mark users on the machine.
  .
- The hooks (pppd, NetworkManager, networkd-dispatcher, ifupdown) and the
+ The hooks (pppd, NetworkManager, networkd-dispatcher, ifupdown, dhclient) and the
  systemd unit do nothing until /etc/connpin/connpin.toml exists.
 CONTROL
 dpkg-deb --root-owner-group -Zxz --build "$ROOT" "$OUT/connpin_${VERSION}_all.deb" >/dev/null

@@ -20,10 +20,16 @@ UNIT = "lib/systemd/system/connpin.service"
 
 
 def main(root: str) -> int:
-    for kind in ("ppp", "networkmanager", "networkd", "ifupdown"):
+    for kind in ("ppp", "networkmanager", "networkd", "ifupdown", "dhclient"):
         for hook in hooks.KINDS[kind]:
-            _write(root, hook.path, HEADER + hook.body.replace("$CONNPIN", f"exec {ENV} {CONNPIN}"),
-                   0o755)
+            body = hook.body.replace("$CONNPIN", f"exec {ENV} {CONNPIN}")
+            if hook.sourced:  # dhclient-script sources it: no `exit`, a condition instead
+                text = (f"#!/bin/sh\n# Installed by the connpin package (a conffile); inert until"
+                        f" {CONFIG} exists.\n# Sourced by dhclient-script: nothing here exits.\n"
+                        f"if [ -f {CONFIG} ]; then\n  {body}fi\n")
+            else:
+                text = HEADER + body
+            _write(root, hook.path, text, 0o755)
     unit = hooks.unit(None, exe=CONNPIN, header="# connpin watch; installed by the connpin "
                       "package, not enabled: systemctl enable --now connpin")
     _write(root, UNIT, unit, 0o644)

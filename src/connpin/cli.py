@@ -18,6 +18,8 @@ from connpin.errors import Usage
 from connpin.render import jsonout
 
 EXIT_FAIL, EXIT_CONFIG, EXIT_DRIFT, EXIT_ROOT = 1, 2, 3, 4
+#: Commands that log (connpin.logs): the daemon, and those hooks run (also to syslog).
+LOGGED = ("watch", "up", "down", "sweep", "dhclient")
 
 
 class _Version(argparse.Action):
@@ -82,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
         sp = add(verb, help=f"hook entry: interface IFACE {what}")
         sp.add_argument("iface", metavar="IFACE")
         _json_flag(sp)
+    sp = add("dhclient", help="hook entry: dhclient's exit hook (REASON: BOUND, EXPIRE, ...)")
+    sp.add_argument("iface", metavar="IFACE")
+    sp.add_argument("reason", metavar="REASON")
+    _json_flag(sp)
     sp = add("status", help="uplinks in config order: state and since when, health, tier, "
              "weight, share of new connections, pinned connections; where new connections go "
              "now; exit 3 when the kernel differs from the plan")
@@ -120,12 +126,20 @@ def _parser() -> argparse.ArgumentParser:
     wp.add_argument("-v", "--verbose", action="store_true", help="log every event and resync")
     wp.add_argument("--resync", type=_seconds, default=60.0, metavar="SECONDS",
                     help="re-read the whole kernel at least this often (default 60)")
+    tp = add("top", help="live view: uplinks, health, pinned connections, bytes/s, events "
+             "(q quits; plain lines when not on a terminal)")
+    tp.add_argument("-d", "--interval", type=_seconds, default=2.0, metavar="SECONDS",
+                    help="refresh every SECONDS (default 2)")
+    tp.add_argument("-n", "--count", type=_count, metavar="N",
+                    help="refresh N times as plain lines, then exit")
+    tp.add_argument("--once", action="store_true", help="one refresh as plain lines")
     hp = add("hooks", help="install or remove hook scripts")
     hp.add_argument("action", choices=["install", "remove"])
     hp.add_argument("--ppp", action="store_true", help="pppd ip-up.d / ip-down.d")
     hp.add_argument("--networkmanager", action="store_true", help="NetworkManager dispatcher")
     hp.add_argument("--networkd", action="store_true", help="networkd-dispatcher")
     hp.add_argument("--ifupdown", action="store_true", help="ifupdown if-up.d / if-post-down.d")
+    hp.add_argument("--dhclient", action="store_true", help="dhclient-exit-hooks.d (isc-dhcp)")
     hp.add_argument("--systemd", action="store_true",
                     help="systemd unit running `connpin watch` (instead of hooks)")
     hp.add_argument("--root", default="/", help="install under this directory (default /)")
@@ -181,6 +195,12 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 10**9:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive count")
+    return int(text)
+
+
 def _config_path(args: argparse.Namespace) -> str:
     return args.config or os.environ.get("CONNPIN_CONFIG") or model.DEFAULT_CONFIG
 
@@ -204,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     except SystemExit as e:
         return EXIT_CONFIG if e.code not in (0, None) else 0
+    if args.command in LOGGED:  # the daemon and what hooks run: connpin.logs
+        from connpin import logs
+
+        logs.setup_for(args)
     if getattr(args, "nagios", False):
         from connpin import status_cli
 
@@ -240,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"connpin {args.command}: failed: {kind}{e}", file=sys.stderr)
         _fail(args, "runtime", f"failed: {kind}{e}")
         return EXIT_FAIL
+    finally:
+        if args.command in LOGGED:
+            from connpin import logs
+
+            logs.restore()
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -255,6 +284,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         from connpin import init
 
         return init.run(args)
+    if args.command == "dhclient":  # dhclient's exit hook: `up`, `down` or nothing
+        from connpin import hooks
+
+        if (action := hooks.dhclient_command(args.iface, args.reason)) is None:
+            if _json(args):  # a reason that changes nothing (PREINIT, ...)
+                jsonout.emit(jsonout.document("dhclient", interface=args.iface,
+                                              reason=args.reason, action=None))
+            return 0
+        args.command = action
     if args.command in ("up", "down") and not model.valid_ifname(args.iface):
         raise Usage(f"{args.iface!r} is not a valid interface name")
     config = model.load(_config_path(args))
@@ -324,9 +362,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return pinned_cli.run(config, args)
     if args.command == "sweep":
-        return _sweep(config, args)
+        from connpin import pinned_cli
+
+        return pinned_cli.sweep(config, args)
     if args.command == "watch":
         return _watch(config, args)
+    if args.command == "top":
+        from connpin import top
+
+        return top.run(config, args.interval, args.once, args.count)
     return _change(config, args, adopted)
 
 
@@ -360,7 +404,9 @@ def _change(config: model.Config, args: argparse.Namespace, adopted: list[str]) 
     for note in [] if _json(args) else out.notes:
         print(f"connpin {cmd}: {note}")
     if out.notes and engine.pending():
-        _spawn_sweeper(config)
+        from connpin import pinned_cli
+
+        pinned_cli.spawn_sweeper(config)
     if _json(args):
         return _change_json(args, adopted, out)
     quiet = getattr(args, "quiet", False)
@@ -401,49 +447,6 @@ def _change_json(args: argparse.Namespace, adopted: list[str], out: Any) -> int:
         return EXIT_FAIL
     jsonout.emit(jsonout.document(args.command, **fields, verified=True))
     return 0
-
-
-def _spawn_sweeper(config: model.Config) -> None:
-    """Leave a `connpin sweep --follow` behind (detached) for flush-idle's busy connections;
-    one per namespace, it exits when none is left."""
-    import subprocess
-
-    argv = [sys.executable, "-I", "-m", "connpin", "-c", config.path, "sweep", "--follow"]
-    subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
-                     env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")})
-
-
-def _sweep(config: model.Config, args: argparse.Namespace) -> int:
-    import fcntl
-
-    from connpin import pins
-    from connpin.kernel import state
-
-    os.makedirs(state.directory(), exist_ok=True)
-    fd = os.open(os.path.join(state.directory(), "sweep.lock"),
-                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        if _json(args):
-            jsonout.emit(jsonout.document("sweep", flushed=0, running_elsewhere=True))
-        else:
-            print("connpin sweep: another sweep is running in this namespace")
-        return 0
-    try:
-        total = 0
-        for n in pins.follow(config):
-            total += n
-            if not args.follow:
-                break
-        if _json(args):
-            jsonout.emit(jsonout.document("sweep", flushed=total, running_elsewhere=False))
-        else:
-            print(f"connpin sweep: {total} idle connection(s) flushed")
-        return 0
-    finally:
-        os.close(fd)
 
 
 def _plan(config: model.Config, result: Any, args: argparse.Namespace) -> int:

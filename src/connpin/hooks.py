@@ -1,10 +1,11 @@
-"""Hook scripts for pppd, NetworkManager, networkd-dispatcher and ifupdown: tiny shell files that
-hand the interface name to `connpin up/down` as one argument, in a cleared environment. The name
-is never interpreted by a shell; connpin validates it. The settings that choose the tools and the
-state directory (CONNPIN_IPTABLES, CONNPIN_NFT, CONNPIN_RUN_DIR, ...) are written into the script at
-install time, so a hook runs connpin exactly as `apply` did. Or, instead of hooks, a systemd
-unit running `connpin watch`, which follows the kernel's events itself (its command line quoted
-for systemd, not for a shell). Files connpin did not write are never overwritten or removed."""
+"""Hook scripts for pppd, NetworkManager, networkd-dispatcher, ifupdown and dhclient: tiny shell
+files that hand the interface name to `connpin up/down` as one argument, in a cleared environment.
+The name is never interpreted by a shell; connpin validates it. The settings that choose the tools
+and the state directory (CONNPIN_IPTABLES, CONNPIN_NFT, CONNPIN_RUN_DIR, ...) are written into the
+script at install time, so a hook runs connpin exactly as `apply` did. Or, instead of hooks, a
+systemd unit running `connpin watch`, which follows the kernel's events itself (its command line
+quoted for systemd, not for a shell). Files connpin did not write are never overwritten or
+removed."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class NotOurs(Exception):
 class Hook:
     path: str  # relative to the root
     body: str  # the shell code after the header (uses $CONNPIN)
+    sourced: bool = False  # read with `.` by its runner's shell: must never exit
 
 
 PPP = (
@@ -63,11 +65,46 @@ IFUPDOWN = (
     Hook("etc/network/if-up.d/connpin", _IFUPDOWN + '$CONNPIN up -- "$IFACE"\n'),
     Hook("etc/network/if-post-down.d/connpin", _IFUPDOWN + '$CONNPIN down -- "$IFACE"\n'),
 )
+# dhclient-script (isc-dhcp-client) *sources* dhclient-exit-hooks.d/* in its own sh: an `exit`
+# or `exec` there would end dhclient-script, an assignment would change its variables. So the
+# snippet is one subshell running connpin with dhclient's $interface and $reason as arguments;
+# connpin validates both and decides (DHCLIENT_REASONS).
+DHCLIENT = (Hook("etc/dhcp/dhclient-exit-hooks.d/connpin",
+                 '( $CONNPIN dhclient -- "$interface" "$reason" ) || :\n', sourced=True),)
+#: dhclient-script's $reason -> connpin's command. `up` re-reads the kernel, so it fits any change
+#: of a lease (IPv6 ones too: the IPv4 side is left alone); `down` takes the uplink away at once.
+#: Other reasons (PREINIT, MEDIUM, ARPCHECK, ARPSEND, DEPREF6, ...) need nothing.
+DHCLIENT_REASONS = {
+    **dict.fromkeys(("BOUND", "RENEW", "REBIND", "REBOOT", "TIMEOUT"), "up"),
+    **dict.fromkeys(("BOUND6", "RENEW6", "REBIND6", "EXPIRE6", "RELEASE6", "STOP6"), "up"),
+    **dict.fromkeys(("EXPIRE", "FAIL", "RELEASE", "STOP"), "down"),
+}
 SYSTEMD = (Hook("etc/systemd/system/connpin.service", ""),)
 KINDS = {"ppp": PPP, "networkmanager": NETWORKMANAGER, "networkd": NETWORKD, "ifupdown": IFUPDOWN,
-         "systemd": SYSTEMD}
+         "dhclient": DHCLIENT, "systemd": SYSTEMD}
 #: What to run after `hooks install --systemd` (printed, never run by connpin).
 SYSTEMD_START = "systemctl daemon-reload && systemctl enable --now connpin"
+
+
+def dhclient_action(reason: str) -> str | None:
+    """What a dhclient $reason asks of connpin: "up", "down" or None (nothing)."""
+    return DHCLIENT_REASONS.get(reason)
+
+
+def dhclient_command(iface: str, reason: str) -> str | None:
+    """`connpin dhclient IFACE REASON` -> the command to run ("up"/"down"), None for a reason
+    that needs nothing (PREINIT, ARPCHECK, ...: nothing said either). Usage on hostile input."""
+    import re
+
+    from connpin.errors import Usage
+    from connpin.model import valid_ifname
+
+    if not valid_ifname(iface):
+        raise Usage(f"{iface!r} is not a valid interface name")
+    action = dhclient_action(reason)
+    if action is None and not re.fullmatch(r"[A-Z][A-Z0-9]{0,15}", reason):
+        raise Usage(f"{reason!r} is not a dhclient reason")
+    return action
 
 
 def command(config: str | None) -> str:
@@ -91,6 +128,8 @@ def script(hook: Hook, config: str | None, environ: Mapping[str, str] | None = N
         f"#!/bin/sh\n{MARK}; `connpin hooks remove` deletes it.\n"
         "# The interface name is passed as one quoted argument and validated by connpin;\n"
         "# the environment is cleared and Python runs isolated.\n"
+        + ("# Sourced by dhclient-script: connpin runs in a subshell; nothing here exits.\n"
+           if hook.sourced else "")
         + hook.body.replace("$CONNPIN", f"exec {env} {command(config)}")
     )
 

@@ -13,10 +13,12 @@ from connpin.render import jsonout
 
 def run(args: argparse.Namespace) -> int:
     """`connpin hooks install|remove --KIND...`: the paths written or removed (or --json)."""
-    kinds = [k for k in ("ppp", "networkmanager", "networkd", "ifupdown", "systemd")
+    kinds = [k for k in ("ppp", "networkmanager", "networkd", "ifupdown", "dhclient",
+                                "systemd")
              if getattr(args, k)]
     if not kinds:
-        raise Usage("say which: --ppp, --networkmanager, --networkd, --ifupdown and/or --systemd")
+        raise Usage("say which: --ppp, --networkmanager, --networkd, --ifupdown, --dhclient "
+                    "and/or --systemd")
     if args.action == "install":
         config = args.config or os.environ.get("CONNPIN_CONFIG")
         if config:

@@ -1,4 +1,4 @@
-"""`connpin connections` and `connpin flush`: look at and steer what is pinned to an uplink."""
+"""`connpin connections`, `flush` and `sweep`: look at and steer what is pinned to an uplink."""
 
 from __future__ import annotations
 
@@ -130,3 +130,48 @@ def flush(config: Config, args: argparse.Namespace) -> int:
 def run(config: Config, args: argparse.Namespace) -> int:
     """`connpin connections` or `connpin flush`; an unknown uplink is a usage error (exit 2)."""
     return connections(config, args) if args.command == "connections" else flush(config, args)
+
+
+def spawn_sweeper(config: Config) -> None:
+    """Leave a `connpin sweep --follow` behind (detached) for flush-idle's busy connections;
+    one per namespace, it exits when none is left."""
+    import os
+    import subprocess
+
+    argv = [sys.executable, "-I", "-m", "connpin", "-c", config.path, "sweep", "--follow"]
+    subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+                     env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")})
+
+
+def sweep(config: Config, args: argparse.Namespace) -> int:
+    """`connpin sweep [--follow]`: flush-idle's idle connections, one sweeper per namespace."""
+    import fcntl
+    import os
+
+    from connpin.kernel import state
+
+    os.makedirs(state.directory(), exist_ok=True)
+    fd = os.open(os.path.join(state.directory(), "sweep.lock"),
+                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if args.json:
+            jsonout.emit(jsonout.document("sweep", flushed=0, running_elsewhere=True))
+        else:
+            print("connpin sweep: another sweep is running in this namespace")
+        return 0
+    try:
+        total = 0
+        for n in pins.follow(config):
+            total += n
+            if not args.follow:
+                break
+        if args.json:
+            jsonout.emit(jsonout.document("sweep", flushed=total, running_elsewhere=False))
+        else:
+            print(f"connpin sweep: {total} idle connection(s) flushed")
+        return 0
+    finally:
+        os.close(fd)

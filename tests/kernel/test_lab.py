@@ -2,16 +2,21 @@
 
 No connpin here: these tests pin down the behaviour the pinning tests rely on (ISPs dropping
 foreign sources, uplinks that come and go like pppd's and a DHCP client's, hooks run as pppd
-would run them) and the control scenario that connpin exists to fix.
+would run them) and the control scenario that connpin exists to fix. And the lab as a
+playground: `lab up` and `demo --keep` leave a lab whose files live until `lab down`, and every
+command they suggest works as printed (nothing a minimal Debian lacks, like curl).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +25,8 @@ from helpers import KERNEL, wait_for
 
 from connpin.kernel import netns
 from connpin.lab import HookError, Lab, cleanup, down_all, read_state
+from connpin.lab.cleanup import state_file
+from connpin.lab.cli import suggestions
 from connpin.lab.echo import connect_once
 
 pytestmark = KERNEL
@@ -233,10 +240,72 @@ def test_kept_lab_serves_until_down_all() -> None:
     assert not os.path.exists(f"/proc/{state['server_pid']}"), "the server process ended"
 
 
+TIMEOUT = 120
+
+
+def _run(words: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    assert words[0] == "connpin", words
+    env = dict(os.environ)
+    env.pop("CONNPIN_CONFIG", None)
+    return subprocess.run([sys.executable, "-m", "connpin", *words[1:]], capture_output=True,
+                          text=True, timeout=TIMEOUT, env=env, **kw)  # type: ignore[call-overload]
+
+
+def _leftovers(prefix: str) -> list[str]:
+    found = [n for n in os.listdir("/run/netns") if n.startswith(prefix)] \
+        if os.path.isdir("/run/netns") else []
+    if (Path(tempfile.gettempdir()) / f"{prefix}-work").exists():
+        found.append("work directory")
+    if state_file(prefix).exists():
+        found.append("state file")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if prefix.encode() in cmd:
+            found.append(f"process {pid}: {b' '.join(cmd).decode(errors='replace')}")
+    return found
+
+
+def _try_all(commands: list[str], prefix: str) -> None:
+    """Run each suggested command as printed (the last one: `lab down`), then look for
+    leftovers."""
+    assert not any("curl" in c for c in commands)
+    for line in commands:
+        words = shlex.split(line, comments=True)
+        # top reads "q" from a pipe (it quits on q, on a terminal or not)
+        p = _run(words, input="q\n" if "top" in words else None)
+        assert p.returncode == 0, f"{line}\nexit {p.returncode}\n{p.stdout}{p.stderr}"
+        if "status" in words:
+            assert "kernel matches the plan" in p.stdout
+        if "connect" in words:
+            assert re.search(r"the server saw 100\.64\.\d+\.2 \(isp\d\)", p.stdout), p.stdout
+        if "top" in words:
+            assert re.search(r"^isp1\s+ppp0\s+up\s", p.stdout, re.M), p.stdout
+    assert shlex.split(commands[-1], comments=True) == ["connpin", "lab", "down", prefix]
+    assert _leftovers(prefix) == []
+
+
+def test_lab_up_suggestions_all_work_and_down_leaves_nothing() -> None:
+    up = _run(["connpin", "lab", "up"])
+    m = re.match(r"lab (cpl-[0-9a-f]{6}) is up: .*; config (\S+)\n", up.stdout)
+    assert up.returncode == 0 and m, up.stdout + up.stderr
+    prefix, config = m.group(1), m.group(2)
+    try:
+        assert Path(config).is_file(), "the lab's config must outlive `lab up`"
+        commands = [ln.strip() for ln in up.stdout.splitlines()[1:]]
+        assert commands == suggestions(prefix)
+        _try_all(commands, prefix)
+    finally:
+        down_all(prefix)
+
+
+
 def test_demo_end_to_end() -> None:
-    """`connpin lab demo`: exit 0, connpin's column all pass, the bug shown, nothing left."""
-    res = subprocess.run([sys.executable, "-m", "connpin", "lab", "demo"], capture_output=True,
-                         text=True, timeout=120)
+    """`connpin lab demo --keep`: exit 0, connpin's column all pass, the bug shown; the commands
+    it suggests for the kept lab work, the last (`lab down`) leaves nothing."""
+    res = _run(["connpin", "lab", "demo", "--keep"])
     out = res.stdout
     assert res.returncode == 0, out + res.stderr
     rows = [line for line in out.splitlines() if line[:2] in {f"{i}." for i in range(1, 6)}]
@@ -244,7 +313,14 @@ def test_demo_end_to_end() -> None:
     for row in rows:
         assert row.split("  ")[-1].strip().startswith("pass"), row
     assert "FAIL" in rows[2] and "FAIL" in rows[3], "without connpin, scenarios 3 and 4 fail"
-    prefixes = {w for line in out.splitlines() for w in line.split() if w.startswith("cpl-")}
+    prefixes = {w.rstrip(":") for line in out.splitlines() for w in line.split()
+                if re.fullmatch(r"cpl-[0-9a-f]{6}:?", w)}
     assert len(prefixes) == 2, out
+    m = re.search(r"The lab (cpl-[0-9a-f]{6}) is still running .*\n((  .*\n)+)", out)
+    assert m, out
+    try:
+        _try_all([ln.strip() for ln in m.group(2).splitlines()], m.group(1))
+    finally:
+        down_all(m.group(1))
     for prefix in prefixes:
-        assert lab_namespaces(prefix.rstrip(":")) == []
+        assert lab_namespaces(prefix) == []

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HOOKS = ["etc/ppp/ip-up.d/connpin", "etc/ppp/ip-down.d/connpin",
          "etc/NetworkManager/dispatcher.d/50-connpin",
          "etc/networkd-dispatcher/routable.d/50-connpin",
-         "etc/network/if-up.d/connpin", "etc/network/if-post-down.d/connpin"]
+         "etc/network/if-up.d/connpin", "etc/network/if-post-down.d/connpin",
+         "etc/dhcp/dhclient-exit-hooks.d/connpin"]
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,10 @@ def test_hooks_are_inert_until_configured(root: Path) -> None:
         done = subprocess.run(["/bin/sh", str(root / hook), "eth9", "up"], env=env,
                               capture_output=True, text=True, timeout=30)
         assert (done.returncode, done.stderr) == (0, ""), hook
+    # dhclient-script sources its exit hooks: an `exit` there would end dhclient-script
+    code = [ln for ln in (root / "etc/dhcp/dhclient-exit-hooks.d/connpin").read_text()
+            .splitlines() if not ln.startswith("#")]
+    assert code and not any("exit" in ln for ln in code), code
 
 
 def test_unit_verifies_and_is_hardened(root: Path, tmp_path: Path) -> None:

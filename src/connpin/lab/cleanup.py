@@ -255,7 +255,8 @@ def list_labs(prefix: str = PREFIX) -> list[str]:
 def down_all(prefix: str = PREFIX) -> list[str]:
     """Remove leftover lab namespaces whose name starts with `prefix`; returns their names.
 
-    Also stops a kept lab's background servers and removes its work directory and state file.
+    Also stops a kept lab's background servers and removes its work directory (config, hook
+    scripts, logs: kept until now) and state file.
     """
     states = []
     with contextlib.suppress(OSError):
@@ -279,6 +280,9 @@ def down_all(prefix: str = PREFIX) -> list[str]:
         remove_workdir(st.get("workdir"), st.get("prefix", ""))
         with contextlib.suppress(OSError):
             f.unlink()
+    # work directories whose state file is gone (a lab killed while writing it)
+    for d in Path(tempfile.gettempdir()).glob(f"{prefix}*-work"):
+        remove_workdir(d, d.name[: -len("-work")])
     return removed
 
 

@@ -1,4 +1,6 @@
-"""`connpin lab ...`: demo, up, down, exec, list. The main CLI hands its remaining argv here."""
+"""`connpin lab ...`: demo, up, down, exec, connect, list. The main CLI hands its remaining argv
+here. A lab that `up` (or `demo --keep`) leaves running keeps its work directory (the connpin
+config, hook scripts, logs) until `down` removes it with the namespaces."""
 
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--uplinks", default="ppp,ppp", help="uplink kinds, e.g. ppp,eth")
     u.add_argument("--masquerade", action="store_true",
                    help="masquerade in the lab's own firewall (no connpin needed)")
-    u.add_argument("--connect", default="", help="uplinks to bring up, e.g. 2,1")
+    u.add_argument("--connect", default=None,
+                   help='uplinks to bring up, e.g. 2,1 (default: all; "" for none)')
     u.add_argument("--ipv6", action="store_true",
                    help="IPv6 too: delegated prefixes 2001:db8:k::/48, LAN fd00:77::/64")
     dn = sub.add_parser("down", help="remove a kept lab (default: every lab)")
@@ -37,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--lab", help="lab prefix (default: the only lab present)")
     e.add_argument("host", help="lan, router, net, isp1, ...")
     e.add_argument("argv", nargs=argparse.REMAINDER)
+    c = sub.add_parser("connect", help="one echo conversation from a host of a kept lab: "
+                       "which address (which ISP) the server saw")
+    c.add_argument("--lab", help="lab prefix (default: the only lab present)")
+    c.add_argument("--from", dest="host", default="lan", help="host (default: lan)")
+    c.add_argument("address", nargs="?", default=Lab.SERVER,
+                   help=f"server address (default: {Lab.SERVER}, the internet server)")
+    c.add_argument("--port", type=int, default=7, help="echo port (default: 7)")
     return p
 
 
@@ -93,6 +103,8 @@ def run(argv: list[str]) -> int:
             return EXIT_OK
         if args.cmd == "exec":
             return _exec(args)
+        if args.cmd == "connect":
+            return _connect(args)
     except (LabError, ValueError, subprocess.CalledProcessError) as e:
         print(f"connpin lab {args.cmd}: {e}", file=sys.stderr)
         return EXIT_FAIL
@@ -101,28 +113,66 @@ def run(argv: list[str]) -> int:
     return EXIT_USAGE
 
 
+def suggestions(prefix: str) -> list[str]:
+    """What to try in a kept lab, in order; each works on a fresh minimal Debian (the kernel
+    tests run them all)."""
+    lab = f"--lab {prefix}"
+    return [f"connpin lab exec {lab} router -- connpin apply    # pin connections",
+            f"connpin lab exec {lab} router -- connpin status",
+            f"connpin lab exec {lab} router -- connpin top      # q quits",
+            f"connpin lab connect {lab}                         # the ISP a LAN host leaves by",
+            f"connpin lab exec {lab} router -- ip route",
+            f"connpin lab down {prefix}"]
+
+
 def _up(args: argparse.Namespace) -> int:
     lab = Lab(uplinks=_kinds(args.uplinks), lab_masquerade=args.masquerade, ipv6=args.ipv6)
     with lab:
-        for k in _kinds(args.connect):
+        # the lab's connpin config (NAT by connpin unless the lab's own firewall does it)
+        lab.write_config(lab.default_config(masquerade=not args.masquerade))
+        connect = _kinds(args.connect) if args.connect is not None else map(str, lab.ks)
+        for k in connect:
             lab.uplink_up(int(k))
         lab.keep()
-    print(f"lab {lab.prefix} is up (uplinks: "
-          f"{', '.join(f'isp{k}={lab.iface(k)}' for k in lab.ks)}; config {lab.config_path})\n"
-          f"  connpin lab exec router -- ip route\n"
-          f"  connpin lab down {lab.prefix}")
+    state = read_state(lab.prefix) or {}
+    up = set(state.get("up", []))
+    links = ", ".join(f"isp{k}={lab.iface(k)} ({'up' if k in up else 'down'})" for k in lab.ks)
+    print(f"lab {lab.prefix} is up: uplinks {links}; config {lab.config_path}\n"
+          + "".join(f"  {line}\n" for line in suggestions(lab.prefix)), end="")
     return EXIT_OK
 
 
-def _exec(args: argparse.Namespace) -> int:
-    labs = [args.lab] if args.lab else list_labs()
+def _chosen(name: str | None) -> tuple[str, dict]:
+    """The lab named, or the only one present, and its state."""
+    labs = [name] if name else list_labs()
     if not labs:
         raise LabError("no lab is running (start one with `connpin lab up` or "
                        "`connpin lab demo --keep`)")
     if len(labs) > 1:
         raise LabError(f"several labs are running ({', '.join(labs)}): choose one with --lab")
-    prefix = labs[0]
-    st = read_state(prefix) or {}
+    return labs[0], read_state(labs[0]) or {}
+
+
+def _connect(args: argparse.Namespace) -> int:
+    from connpin.lab.echo import connect_once
+
+    prefix, st = _chosen(args.lab)
+    name = st.get("namespaces", {}).get(args.host, f"{prefix}-{args.host}")
+    if not os.path.exists(f"/run/netns/{name}"):
+        raise LabError(f"lab {prefix} has no host {args.host!r}")
+    seen = connect_once(name, args.address, args.port, timeout=2.0)
+    where = f"{args.host} -> {args.address}:{args.port}"
+    if seen is None:
+        print(f"{where}: no answer within 2 s (is an uplink up, and NAT in place: "
+              "`connpin lab exec router -- connpin apply`?)", file=sys.stderr)
+        return EXIT_FAIL
+    isp = next((f" (isp{k})" for k, a in (st.get("addresses") or {}).items() if a == seen), "")
+    print(f"{where}: the server saw {seen}{isp}")
+    return EXIT_OK
+
+
+def _exec(args: argparse.Namespace) -> int:
+    prefix, st = _chosen(args.lab)
     name = st.get("namespaces", {}).get(args.host, f"{prefix}-{args.host}")
     if not os.path.exists(f"/run/netns/{name}"):
         hosts = ", ".join(st.get("namespaces", {})) or "?"

@@ -258,8 +258,8 @@ def main(uplinks: Sequence[str] = ("ppp", "ppp"), keep: bool = False,
           f"({time.monotonic() - started:.1f} s)", file=out)
     if kept is not None:
         print(f"\nThe lab {kept.prefix} is still running (with connpin). Explore it:\n"
-              f"  connpin lab exec router -- connpin status\n"
-              f"  connpin lab exec router -- nft list ruleset\n"
-              f"  echo hi | connpin lab exec lan -- curl -s -m1 telnet://{Lab.SERVER}:7\n"
-              f"  connpin lab down          # when done", file=out)
+              f"  connpin lab exec --lab {kept.prefix} router -- connpin status\n"
+              f"  connpin lab exec --lab {kept.prefix} router -- nft list ruleset\n"
+              f"  connpin lab connect --lab {kept.prefix}    # the ISP a LAN host leaves by\n"
+              f"  connpin lab down {kept.prefix}             # when done", file=out)
     return 0 if ok else 1

@@ -7,10 +7,10 @@ recovers in place from errors outside a converge (rebuilt sockets, full resync).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import signal
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +36,18 @@ class Fatal(Exception):
     """What the daemon cannot recover from in place."""
 
 
+DEBUG, INFO, WARNING, ERROR, CRITICAL = (logging.DEBUG, logging.INFO, logging.WARNING,
+                                        logging.ERROR, logging.CRITICAL)
+
+
+def _sink(log: Callable[[str], None] | None) -> Callable[..., None]:
+    """log(line, level=INFO): to the "connpin.watch" logger, or to a sink of lines (tests)."""
+    if log is not None:
+        return lambda line, level=INFO: log(line)
+    logger = logging.getLogger("connpin.watch")
+    return lambda line, level=INFO: logger.log(level, line)
+
+
 def _one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     first = text[0][:300] if text else ""
@@ -52,8 +64,8 @@ class Watcher:
         self.config = config
         self.verbose = verbose
         self.clock = clock
-        self.log = log or (lambda line: print(f"connpin watch: {line}", file=sys.stderr,
-                                              flush=True))
+        # log(line, level=INFO): through `logging` (connpin.logs formats it), or a test's sink
+        self.log = _sink(log)
         self.sched = Scheduler(clock, resync=resync, watchdog=watchdog_interval())
         self.classifier = Classifier(self._relevant, config.pinning.nft_table)
         self.previous: dict[str, tuple] = {}  # interface -> (up, reason, route) last seen
@@ -110,20 +122,20 @@ class Watcher:
         for msg in messages:
             for name, what in self.classifier.classify(msg):
                 if self.verbose:
-                    self.log(f"event: {name}: {what}")
+                    self.log(f"event: {name}: {what}", DEBUG)
                 self.sched.event(name, what)
         nft_messages, nft_overflow, nft_more = self.nft_events.read()
         for msg in nft_messages:
             what = self.classifier.classify_nft(msg)
             if what is not None:
                 if self.verbose:
-                    self.log(f"event: {what}")
+                    self.log(f"event: {what}", DEBUG)
                 self.sched.event(NFT_KEY, what)
             elif self.classifier.foreign_nft(msg):
                 self.coexist.changed()
         self.more = more or nft_more
         if overflow or nft_overflow:
-            self.log("event socket overflowed (events lost): full resync")
+            self.log("event socket overflowed (events lost): full resync", WARNING)
             self.sched.overflow()
             self.coexist.changed()
 
@@ -173,12 +185,12 @@ class Watcher:
             if self.sched.backing_off:
                 self._record()  # at the back-off's pace
             if line:
-                self.log(f"{why}: {line}")
+                self.log(f"{why}: {line}", ERROR)
             elif self.verbose:
                 f = self.sched.failure
                 attempts = f.attempts if f else 0
                 self.log(f"{why}: failed: {cause} (retrying)" if not self.sched.backing_off
-                         else f"{why}: failed again (attempt {attempts})")
+                         else f"{why}: failed again (attempt {attempts})", DEBUG)
         elif line:
             self.log(line)
             self._record()
@@ -237,7 +249,7 @@ class Watcher:
 
         transitions, snap = self.health.take()
         for t in transitions:
-            self.log(health.transition_line(t))
+            self.log(health.transition_line(t), WARNING if t.new == "dead" else INFO)
             self.hooks.run(t)
             self.sched.event(f"health {t.uplink}", f"{t.old} -> {t.new}")
         if snap != self.health_record:
@@ -267,9 +279,10 @@ class Watcher:
             self.log(f"{name} {iface}: {state} [{events.get(iface) or why}] {cost}")
         if n and not changed and not out.left:
             seen = "; ".join(events.values()) or why
-            self.log(f"repaired {cost}: " + "; ".join(map(str, out.result.steps)) + f" [{seen}]")
+            self.log(f"repaired {cost}: " + "; ".join(map(str, out.result.steps)) + f" [{seen}]",
+                     WARNING)
         elif self.verbose and not changed and not out.left:
-            self.log(f"{why}: nothing to change ({out.ms:.1f} ms)")
+            self.log(f"{why}: nothing to change ({out.ms:.1f} ms)", DEBUG)
         for note in out.notes:
             self.log(note)
         if out.notes and engine.pending():
@@ -286,7 +299,7 @@ class Watcher:
             with state.locked():
                 n, wait = pins.sweep(self.config)
         except Exception as e:  # noqa: BLE001 - keep watching; try again later
-            self.log(f"sweep failed: {e}")
+            self.log(f"sweep failed: {e}", ERROR)
             n, wait = 0, self.sched.resync
         if n:
             self.log(f"sweep: {n} idle connection(s) flushed")
@@ -300,17 +313,17 @@ class Watcher:
         try:
             config = model.load(self.config_path)
         except model.ConfigError as e:
-            self.log(f"{e}; {keep}")
+            self.log(f"{e}; {keep}", ERROR)
             return
         except RecursionError:
-            self.log(f"{self.config_path}: nested too deeply; {keep}")
+            self.log(f"{self.config_path}: nested too deeply; {keep}", ERROR)
             return
         except Exception as e:  # noqa: BLE001 - a reload never kills the daemon
-            self.log(f"{self.config_path}: cannot load ({_one_line(e)}); {keep}")
+            self.log(f"{self.config_path}: cannot load ({_one_line(e)}); {keep}", ERROR)
             return
         if not config.uplinks and not getattr(config.pinning, "allow_empty", False):
             self.log(f"{self.config_path}: no [[uplink]]: refusing to remove all pinning on a "
-                     f"reload (set `allow_empty = true` under [pinning] to mean it); {keep}")
+                     f"reload (set `allow_empty = true` under [pinning] to mean it); {keep}", ERROR)
             return
         self.config = config
         self.classifier.nft_table = config.pinning.nft_table
@@ -338,7 +351,7 @@ class Watcher:
             self._status()
             self._loop(wake_r)
         except Fatal as e:
-            self.log(f"giving up: {e}")
+            self.log(f"giving up: {e}", CRITICAL)
             code = 1
         finally:
             notify("STOPPING=1")
@@ -395,7 +408,7 @@ class Watcher:
             self.sweep()
         elif what is not None:
             if self.verbose and what == "periodic resync":
-                self.log("periodic resync")
+                self.log("periodic resync", DEBUG)
             if what == "periodic resync":
                 self.coexist.changed()
             self.converge(what)
@@ -410,14 +423,14 @@ class Watcher:
         try:
             found = conflicts.conflicts(self.config, inventory.take(self.config))
         except Exception as e:  # noqa: BLE001 - a look that fails changes nothing
-            self.log(f"cannot look for conflicts: {_one_line(e)}")
+            self.log(f"cannot look for conflicts: {_one_line(e)}", WARNING)
             self.coexist.skip()
             return
         new = self.coexist.seen(found)
         for c in new:
-            self.log(f"conflict: {c}")
+            self.log(f"conflict: {c}", WARNING)
         if self.verbose:
-            self.log(f"looked for conflicts: {len(found)} ({len(new)} new)")
+            self.log(f"looked for conflicts: {len(found)} ({len(new)} new)", DEBUG)
 
     def _recover(self, error: Exception) -> None:
         """An error outside a converge (a read, a decode, a socket): rebuild the netlink sockets
@@ -428,13 +441,13 @@ class Watcher:
             raise Fatal(f"{len(self.recoveries)} errors outside a converge within "
                         f"{RECOVERY_WINDOW:g} s, the last: {_one_line(error)}") from error
         self.log(f"error outside a converge ({_one_line(error)}): "
-                 "rebuilding the netlink sockets, full resync")
+                 "rebuilding the netlink sockets, full resync", WARNING)
         self.sleep(0.1 * 2 ** (len(self.recoveries) - 1))  # a little patience when it repeats
         try:
             self._open()
         except Exception as e:  # noqa: BLE001 - retried by the next _step, counted above
             self._close()
-            self.log(f"cannot open the netlink sockets: {_one_line(e)}")
+            self.log(f"cannot open the netlink sockets: {_one_line(e)}", ERROR)
             return
         self.sched.overflow()
 
