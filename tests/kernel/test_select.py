@@ -169,7 +169,7 @@ def _router_connection(lab: Lab, *, bind: str | None = None, device: str | None 
 def _pinned_to(lab: Lab, sock: socket.socket) -> str | None:
     """The uplink connpin pinned the router's connection from `sock` to (by conntrack mark)."""
     src = "{}:{}".format(*sock.getsockname())
-    for group in json.loads(lab.connpin("connections", "--json").stdout):
+    for group in json.loads(lab.connpin("connections", "--json").stdout)["uplinks"]:
         if any(c["src"] == src for c in group["connections"]):
             return group["uplink"]
     return None
