@@ -27,6 +27,7 @@ from connpin.fields import ConfigError, _bool, _choice, _entry, _int, _unknown
 from connpin.health import settings as health_settings
 from connpin.health import targets as health_targets
 from connpin.health.tracker import Params as HealthParams
+from connpin.metrics import settings as metrics_settings
 
 DEFAULT_CONFIG = "/etc/connpin/connpin.toml"
 
@@ -146,6 +147,7 @@ class Config:
         """connpin chooses the uplink of new connections (some weight or a [[class]])."""
         return bool(self.classes) or any(u.weight for u in self.uplinks)
     health: HealthParams = field(default_factory=HealthParams)  # [health]
+    metrics: metrics_settings.Metrics | None = None  # [metrics]: counters and where to publish
 
     def uplink(self, name: str) -> Uplink | None:
         return next((u for u in self.uplinks if u.name == name), None)
@@ -230,7 +232,7 @@ def loads(text: str, path: str = "<config>") -> Config:
 
 def parse(doc: dict, path: str = "<config>") -> Config:
     """Validate a decoded TOML document into a Config."""
-    _unknown(path, "", doc, {"pinning", "uplink", "class", "health"})
+    _unknown(path, "", doc, {"pinning", "uplink", "class", "health", "metrics"})
     raw = doc.get("pinning", {})
     if not isinstance(raw, dict):
         raise ConfigError(path, "pinning", "must be a table ([pinning])")
@@ -264,7 +266,8 @@ def parse(doc: dict, path: str = "<config>") -> Config:
     names = {u.name for u in uplinks}
     classes = tuple(parse_class(path, i, c, names) for i, c in enumerate(raws))
     config = Config(pinning, uplinks, path, classes,
-                    health=_health(path, doc.get("health", {})))
+                    health=_health(path, doc.get("health", {})),
+                    metrics=metrics_settings.parse(path, doc.get("metrics")))
     _check_whole(config)
     _check_selection(config)
     return config
