@@ -151,3 +151,25 @@ def test_a_failed_counter_read_still_scrapes_state() -> None:
     assert got["connpin_uplink_up"] == {(("uplink", "a-1"),): 0.0}
     assert "connpin_uplink_bytes_total" not in got
     assert scrape(m)["connpin_counter_read_failures_total"][()] == 1  # counted after the first
+
+
+def test_grafana_dashboard_uses_only_metrics_that_exist() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    from connpin.steer import Flush
+
+    path = Path(__file__).resolve().parents[2] / "contrib" / "grafana" / "connpin.json"
+    dash = json.loads(path.read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    used = {n for e in exprs for n in re.findall(r"connpin_[a-z_]+", e)}
+    m = collector.Metrics("connpin", ["b"], reader=lambda: {"out_1_b": (1, 2)})
+    m.converged(1.0, True, [SimpleNamespace(uplink="b", up=True)],
+                [f"{Flush('b', 'x', 1, 'y')}: 1 flushed"])
+    m.event("kernel")
+    m.resync("periodic")
+    m.health({"b": {"state": "alive", "targets": [
+        {"target": "icmp:192.0.2.9", "srtt_ms": 1.0, "loss": 0.0}]}})
+    have = set(scrape(m))
+    assert used and used <= have, used - have
