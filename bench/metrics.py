@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The cost of one Prometheus scrape of `connpin watch`'s metrics endpoint at 10 conntrack entries
-and at 1M (goal: within 10%): a scrape reads connpin's nft counters (one `nft -j list counters`)
+and at 1M (goal: within 10%): a scrape reads connpin's nft counters (one netlink dump)
 and never dumps conntrack, so its cost must not grow with the connections.
 
 In a bare namespace of our own (removed on any exit): connpin's ruleset for 4 uplinks with

@@ -187,3 +187,24 @@ def test_metrics_count_the_traffic_and_follow_the_states() -> None:
                 assert not list(lab.workdir.glob("connpin.prom.*"))  # no temporary left
         finally:
             echo.close()
+
+
+def test_counter_reader_netlink_matches_nft() -> None:
+    """kernel/counters.py's netlink dump reads what `nft -j list counters` shows: only connpin's
+    table in family inet, 64-bit values intact, {} for a table that does not exist."""
+    from connpin.kernel import counters
+
+    with Lab(uplinks=("ppp",)) as lab:
+        lab.exec("router", ["nft", "-f", "-"], input=(
+            "table inet cpt {\n"
+            "\tcounter new_7_a-1 {\n\t\tpackets 5 bytes 300\n\t}\n"
+            "\tcounter out_7_a-1 {\n\t\tpackets 12345678901 bytes 98765432109876\n\t}\n"
+            "\tcounter in_9_b {\n\t}\n}\n"
+            "table inet other {\n\tcounter new_1_x {\n\t}\n}\n"
+            "table ip cpt {\n\tcounter new_2_y {\n\t}\n}\n"))
+        ns = lab.ns("router")
+        got = counters.read_raw(ns, "cpt")
+        assert got == counters.read_raw_nft(ns, "cpt") == {
+            "new_7_a-1": (5, 300), "out_7_a-1": (12345678901, 98765432109876), "in_9_b": (0, 0)}
+        assert counters.read_raw(ns, "cpt_gone") == counters.read_raw_nft(ns, "cpt_gone") == {}
+        assert counters.read(ns, "cpt")["a-1"].bytes_out == 98765432109876

@@ -1,8 +1,8 @@
 """The daemon's metrics (docs/metrics.md): what `connpin watch` counts as it runs (converges and
 their duration, failures, events, resyncs, flushes) and a custom collector that, at scrape time,
 turns the daemon's last known state (uplinks up, health) and connpin's nft counters into metric
-families. A scrape costs one `nft -j list counters` (kernel/counters.py) and never a conntrack
-dump, so it costs the same at 1M connections as at 10.
+families. A scrape costs one netlink dump of the nft counters (kernel/counters.py), never a
+conntrack dump, so it costs the same at 1M connections as at 10.
 
 The nft counters start at zero whenever connpin's table is replaced (an apply that changes the
 ruleset); `Totals` keeps Prometheus counters monotonic across that: the daemon reads the counters
