@@ -173,3 +173,19 @@ def test_grafana_dashboard_uses_only_metrics_that_exist() -> None:
         {"target": "icmp:192.0.2.9", "srtt_ms": 1.0, "loss": 0.0}]}})
     have = set(scrape(m))
     assert used and used <= have, used - have
+
+
+def test_textfile_written_whole_and_errors_logged_once(tmp_path) -> None:  # noqa: ANN001
+    from connpin.metrics.publish import Publisher
+
+    m = collector.Metrics("connpin", ["b"], reader=dict)
+    logged: list[str] = []
+    path = tmp_path / "connpin.prom"
+    pub = Publisher(Metrics(textfile=str(path), interval=1), m, logged.append)
+    assert pub.write()
+    got = {s.name for fam in text_string_to_metric_families(path.read_text())
+           for s in fam.samples}
+    assert "connpin_uplink_up" in got and list(tmp_path.iterdir()) == [path]
+    gone = Publisher(Metrics(textfile=str(tmp_path / "no" / "c.prom")), m, logged.append)
+    assert not gone.write() and not gone.write()
+    assert len(logged) == 1 and "cannot write" in logged[0]

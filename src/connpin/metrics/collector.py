@@ -171,7 +171,7 @@ class _Collector(Collector):
         yield up
         yield from self._health(m.health_record)
         totals = m.counters()
-        if totals is None:
+        if not totals:  # the read failed, or no counters (nothing applied yet; iptables)
             return
         new = CounterMetricFamily("connpin_uplink_new_connections",
                                   "Connections that became pinned to the uplink",

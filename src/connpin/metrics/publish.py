@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from prometheus_client import start_http_server, write_to_textfile
+from prometheus_client import disable_created_metrics, start_http_server, write_to_textfile
 
 from connpin.metrics.collector import Metrics
 from connpin.metrics.settings import Metrics as Settings
@@ -80,6 +80,7 @@ def start(settings: Settings | None, table: str, uplinks: list[str],
     """The daemon's metrics for a config ([metrics] absent: none)."""
     if settings is None:
         return None, None
+    disable_created_metrics()  # no `_created` twin of every counter (process-wide; the daemon's)
     metrics = Metrics(table, uplinks)
     pub = Publisher(settings, metrics, log)
     pub.start()
