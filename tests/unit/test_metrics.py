@@ -5,6 +5,7 @@ the real one is proven in tests/kernel/test_metrics.py)."""
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -189,3 +190,33 @@ def test_textfile_written_whole_and_errors_logged_once(tmp_path) -> None:  # noq
     gone = Publisher(Metrics(textfile=str(tmp_path / "no" / "c.prom")), m, logged.append)
     assert not gone.write() and not gone.write()
     assert len(logged) == 1 and "cannot write" in logged[0]
+
+
+def test_a_reload_starts_changes_and_stops_publishing(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    from connpin.watch import daemon
+
+    path = tmp_path / "connpin.toml"
+    prom = tmp_path / "c.prom"
+    path.write_text(BASE)
+    lines: list[str] = []
+    w = daemon.Watcher(str(path), model.loads(BASE, str(path)), log=lines.append)
+    monkeypatch.setattr(w, "converge", lambda why: None)  # the kernel side: tests/kernel
+    w._metrics_start()
+    assert w.metrics is None
+    try:
+        path.write_text(BASE + f'[metrics]\ntextfile = "{prom}"\n')
+        w.reload()
+        assert w.metrics is not None and w.metrics.uplinks == ["a-1", "b"]
+        deadline = time.monotonic() + 5
+        while not prom.exists():
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.02)
+        first = w._publisher
+        path.write_text(BASE.replace('"b"', '"c"') + f'[metrics]\ntextfile = "{prom}"\n')
+        w.reload()
+        assert w._publisher is first and w.metrics.uplinks == ["a-1", "c"]  # same settings
+        path.write_text(BASE)
+        w.reload()
+        assert w.metrics is None and w._publisher is None
+    finally:
+        w._metrics_stop()
