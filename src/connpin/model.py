@@ -28,6 +28,7 @@ from connpin.ha import settings as ha_settings
 from connpin.health import settings as health_settings
 from connpin.health import targets as health_targets
 from connpin.health.tracker import Params as HealthParams
+from connpin.metrics import settings as metrics_settings
 
 DEFAULT_CONFIG = "/etc/connpin/connpin.toml"
 
@@ -148,6 +149,7 @@ class Config:
         return bool(self.classes) or any(u.weight for u in self.uplinks)
     health: HealthParams = field(default_factory=HealthParams)  # [health]
     ha: ha_settings.HA | None = None  # [ha]: one router of an HA pair (docs/ha.md)
+    metrics: metrics_settings.Metrics | None = None  # [metrics]: counters and where to publish
 
     def uplink(self, name: str) -> Uplink | None:
         return next((u for u in self.uplinks if u.name == name), None)
@@ -232,7 +234,7 @@ def loads(text: str, path: str = "<config>") -> Config:
 
 def parse(doc: dict, path: str = "<config>") -> Config:
     """Validate a decoded TOML document into a Config."""
-    _unknown(path, "", doc, {"pinning", "uplink", "class", "health", "ha"})
+    _unknown(path, "", doc, {"pinning", "uplink", "class", "health", "ha", "metrics"})
     raw = doc.get("pinning", {})
     if not isinstance(raw, dict):
         raise ConfigError(path, "pinning", "must be a table ([pinning])")
@@ -267,7 +269,8 @@ def parse(doc: dict, path: str = "<config>") -> Config:
     classes = tuple(parse_class(path, i, c, names) for i, c in enumerate(raws))
     config = Config(pinning, uplinks, path, classes,
                     health=_health(path, doc.get("health", {})),
-                    ha=ha_settings.parse(path, doc.get("ha")))
+                    ha=ha_settings.parse(path, doc.get("ha")),
+                    metrics=metrics_settings.parse(path, doc.get("metrics")))
     _check_whole(config)
     _check_selection(config)
     return config

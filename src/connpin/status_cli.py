@@ -59,9 +59,18 @@ def run(config: model.Config, args: argparse.Namespace, found: list[Any], drift_
 
 
 def counters(config: model.Config) -> Any:
-    """nft counters per uplink name (values.Counters) for the share of new connections; None
-    until connpin's table carries them (status then shows "-")."""
-    return None
+    """nft counters per uplink name (values.Counters) for the share of new connections: with
+    [metrics] only (connpin's table carries them then); None otherwise or when unreadable
+    (status then shows "-")."""
+    if config.metrics is None or config.pinning.backend == "iptables":
+        return None
+    from connpin.kernel import counters as nft_counters
+    from connpin.kernel.nft import NftFailure
+
+    try:
+        return nft_counters.read(None, config.pinning.nft_table) or None
+    except (OSError, NftFailure):
+        return None
 
 
 def nagios_guard(args: argparse.Namespace, dispatch: Callable[[argparse.Namespace], int]) -> int:

@@ -3,8 +3,8 @@ record with health, pinned connection counts) plus byte counters per uplink, and
 with `render.top`: in a terminal a refreshing curses screen that quits on `q` (works over ssh),
 otherwise (a pipe, a log, `--once`) plain lines every refresh.
 
-Byte counters come from the uplink's link statistics (rtnetlink); `COUNTERS` is the one place
-where connpin's own nft counters per uplink (`connpin.kernel.counters`) can replace them.
+Byte counters come from connpin's own nft counters per uplink with [metrics] (only its pinned
+connections, keyed by mark), else from the uplink's link statistics (rtnetlink): `COUNTERS`.
 Counting pinned connections asks conntrack for the entries of each mark: where that gets slow
 (a very busy router) it is done less often, at most ~5% of the time."""
 
@@ -28,10 +28,33 @@ def link_counters(sampler: Sampler, states: Sequence[UplinkState]) -> dict[str, 
     return sampler.stats.counters(s.interface for s in states)
 
 
-#: (sampler, uplink states) -> interface -> Counters. The seam where connpin's own nft counters
-#: per uplink (connpin.kernel.counters.read(netns, table): only its pinned connections, keyed
-#: by mark) replace the link statistics; a reader that fails shows "-", never stops top.
-COUNTERS: Callable[[Sampler, Sequence[UplinkState]], dict[str, Counters]] = link_counters
+def nft_counters(sampler: Sampler, states: Sequence[UplinkState]) -> dict[str, Counters]:
+    """interface -> Counters from connpin's own nft counters ([metrics]: only the uplink's
+    pinned connections, keyed by mark); the link statistics while the table has none."""
+    from connpin.kernel import counters
+    from connpin.render.nft import counter_names
+
+    raw = counters.read_raw(None, sampler.config.pinning.nft_table)
+    if not raw:
+        return link_counters(sampler, states)
+    out = {}
+    for s in states:
+        new, out_, in_ = (raw.get(n, (0, 0)) for n in counter_names(s))
+        out[s.interface] = Counters(new=new[0], packets_out=out_[0], bytes_out=out_[1],
+                                    packets_in=in_[0], bytes_in=in_[1])
+    return out
+
+
+def any_counters(sampler: Sampler, states: Sequence[UplinkState]) -> dict[str, Counters]:
+    """connpin's nft counters with [metrics], else the links' statistics."""
+    if sampler.config.metrics is not None:
+        return nft_counters(sampler, states)
+    return link_counters(sampler, states)
+
+
+#: (sampler, uplink states) -> interface -> Counters: connpin's own nft counters per uplink with
+#: [metrics], else the link statistics; a reader that fails shows "-", never stops top.
+COUNTERS: Callable[[Sampler, Sequence[UplinkState]], dict[str, Counters]] = any_counters
 
 
 class Sampler:

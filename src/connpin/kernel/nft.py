@@ -33,8 +33,9 @@ def run(script: str) -> None:
 
 
 def listing(family: str, table: str) -> str | None:
-    """`nft list table` output, or None when the table does not exist."""
-    p = _nft(["list", "table", family, table])
+    """`nft list table` output, or None when the table does not exist. Stateless (`-s`): the
+    values of counters ([metrics]) are left out, so the listing changes only with the rules."""
+    p = _nft(["-s", "list", "table", family, table])
     if p.returncode != 0:
         if "No such file" in p.stderr:
             return None

@@ -126,6 +126,67 @@ def _local_pin(family: int, choices: Sequence[Choice]) -> str:
             "oifname vmap @uplink_by_iface\n")
 
 
+def counter_names(u: UplinkState) -> tuple[str, str, str]:
+    """The named nft counters of one uplink interface (`[metrics]`): new connections pinned to
+    it, packets out by it and in from it. Slot index then uplink name: kernel/counters.py reads
+    the uplink back from the name (`kind_index_uplink`; uplink names never hold spaces)."""
+    tail = f"{u.slot.index}_{u.uplink}"
+    return f"new_{tail}", f"out_{tail}", f"in_{tail}"
+
+
+def _counters_on(config: Config) -> bool:
+    return getattr(config, "metrics", None) is not None
+
+
+def _counter_objects(uplinks: Sequence[UplinkState]) -> list[str]:
+    """The named counters, and the mark -> chain map that counts packets out (`[metrics]`)."""
+    out = ["\t# per-uplink counters ([metrics]): new connections pinned to it, and the packets\n"
+           "\t# of its pinned connections out by its interface and in from it"]
+    for u in uplinks:
+        out += [f"\tcounter {name} {{\n\t}}\n" for name in counter_names(u)]
+    marks = ",\n\t\t\t".join(f"{_hex(u.slot.mark)} : jump count_{u.slot.index}" for u in uplinks)
+    out.append("\t# pinned conntrack mark -> chain that counts the packet out by the uplink")
+    out.append("\tmap count_by_mark {\n\t\ttype mark : verdict")
+    if marks:
+        out.append(f"\t\telements = {{ {marks} }}")
+    out.append("\t}\n")
+    return out
+
+
+def _count_new(config: Config, u: UplinkState) -> str:
+    """pin_N's first rule with counters: count a connection when it becomes pinned to N (a
+    connection stays `new` until answered: its later packets find the mark already set)."""
+    if not _counters_on(config):
+        return ""
+    mask = config.pinning.mark_mask
+    return (f"\t\tct mark and {_hex(mask)} != {_hex(u.slot.mark)} "
+            f'counter name "{counter_names(u)[0]}"\n')
+
+
+def _count_in(config: Config, u: UplinkState) -> str:
+    """restore_N's rule with counters: a packet of a connection pinned to N arriving from N's
+    interface (prerouting; in output, the router's own packets, iifname is empty)."""
+    if not _counters_on(config):
+        return ""
+    return f'\t\tiifname "{u.interface}" counter name "{counter_names(u)[2]}"\n'
+
+
+def _count_out_chains(config: Config, uplinks: Sequence[UplinkState]) -> list[str]:
+    if not _counters_on(config):
+        return []
+    return [f"\tchain count_{u.slot.index} {{\n"
+            f'\t\toifname "{u.interface}" counter name "{counter_names(u)[1]}"\n\t}}\n'
+            for u in uplinks]
+
+
+def _count_out_rule(config: Config) -> str:
+    """postrouting's last rule with counters: a packet of a pinned connection, to the chain of
+    its mark, which counts it when it leaves by that uplink's interface."""
+    if not _counters_on(config):
+        return ""
+    return f"\t\tct mark and {_hex(config.pinning.mark_mask)} vmap @count_by_mark\n"
+
+
 def body(config: Config, uplinks: Sequence[UplinkState],
          choices: Sequence[Choice] = ()) -> str:
     """The `table inet NAME { ... }` block. `choices` (connpin choosing uplinks): their maps
@@ -157,14 +218,17 @@ def body(config: Config, uplinks: Sequence[UplinkState],
         elems = ", ".join(f'"{i}"' for i in masq6)
         out.append(f"\tset masq6_ifaces {{\n\t\ttype ifname\n\t\telements = {{ {elems} }}\n\t}}\n")
     out += _choose_maps(choices)
+    if _counters_on(config):
+        out += _counter_objects(uplinks)
     out.append("\tset never_pinned6 {\n\t\ttype ipv6_addr\n\t\tflags interval\n"
                f"\t\telements = {{ {', '.join(NEVER_PINNED6)} }}\n\t}}\n")
     for u in uplinks:  # one slot per interface: alloc never gives two the same mark
         out.append(f"\t# {u.uplink} ({u.interface}): {_hex(u.slot.mark)}, table {u.slot.table}")
-        out.append(f"\tchain pin_{u.slot.index} {{\n"
+        out.append(f"\tchain pin_{u.slot.index} {{\n" + _count_new(config, u) +
                    f"\t\tct mark set ct mark and {keep} or {_hex(u.slot.mark)}\n\t}}\n")
-        out.append(f"\tchain restore_{u.slot.index} {{\n"
+        out.append(f"\tchain restore_{u.slot.index} {{\n" + _count_in(config, u) +
                    f"\t\tmeta mark set meta mark and {keep} or {_hex(u.slot.mark)}\n\t}}\n")
+    out += _count_out_chains(config, uplinks)
     out += _choose_chains(choices)
     pick4 = _choose_rule(mask, 4) if choices else ""
     pick6 = _choose_rule(mask, 6) if choices else ""
@@ -204,6 +268,7 @@ def body(config: Config, uplinks: Sequence[UplinkState],
         + _SKIP6 + _local_pin(6, choices) +
         f"\t\tmeta nfproto ipv6 ct state new ct mark and {_hex(mask)} == 0 "
         "oifname vmap @uplink_by_iface\n"
+        + _count_out_rule(config) +
         "\t}"
     )
     if masq or masq6 or npt:

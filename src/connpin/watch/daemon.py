@@ -86,6 +86,8 @@ class Watcher:
         self.health_record: dict[str, dict] = {}  # uplink -> figures, for `connpin status`
         self._wake_w = -1
         self.coexist = ConflictWatch(clock)  # others' ruleset changes -> look for conflicts
+        self.metrics: Any = None  # metrics.collector.Metrics while the config has [metrics]
+        self._publisher: Any = None
 
     def _relevant(self, name: str) -> bool:
         return self.config.match(name) is not None
@@ -124,6 +126,7 @@ class Watcher:
                 if self.verbose:
                     self.log(f"event: {name}: {what}", DEBUG)
                 self.sched.event(name, what)
+                self._metric("event", "kernel")
         nft_messages, nft_overflow, nft_more = self.nft_events.read()
         for msg in nft_messages:
             what = self.classifier.classify_nft(msg)
@@ -131,6 +134,7 @@ class Watcher:
                 if self.verbose:
                     self.log(f"event: {what}", DEBUG)
                 self.sched.event(NFT_KEY, what)
+                self._metric("event", "nftables")
             elif self.classifier.foreign_nft(msg):
                 self.coexist.changed()
         self.more = more or nft_more
@@ -138,6 +142,7 @@ class Watcher:
             self.log("event socket overflowed (events lost): full resync", WARNING)
             self.sched.overflow()
             self.coexist.changed()
+            self._metric("resync", "overflow")
 
     def _inject_fault(self) -> None:
         """Test hook: break the event socket under the daemon (a read error not ENOBUFS)."""
@@ -164,6 +169,7 @@ class Watcher:
                 from connpin.kernel.machine import Kernel
 
                 self.machine = Kernel()
+            self._metric("before_converge")  # counters read before a table replace resets them
             # uplinks dead by their health check get no new connection (when connpin chooses)
             out = engine.converge(self.config, machine=self.machine, dead=self._dead())
         except Exception as e:  # noqa: BLE001 - the daemon stays up and retries
@@ -181,6 +187,8 @@ class Watcher:
             with contextlib.suppress(Exception):  # a socket error: the next read recovers
                 self._take()
         line = self.sched.converged(cause)
+        self._metric("converged", out and out.ms, cause is not None,
+                     out.result.desired.uplinks if out else (), out.notes if out else ())
         if cause is not None:
             if self.sched.backing_off:
                 self._record()  # at the back-off's pace
@@ -240,6 +248,7 @@ class Watcher:
             self.health.stop()
             self.health = None
             self.health_record = {}
+            self._metric("health", {})
 
     def _health_take(self) -> None:
         """Transitions: a log line, the events.d hooks, a converge; figures: the record."""
@@ -252,8 +261,10 @@ class Watcher:
             self.log(health.transition_line(t), WARNING if t.new == "dead" else INFO)
             self.hooks.run(t)
             self.sched.event(f"health {t.uplink}", f"{t.old} -> {t.new}")
+            self._metric("event", "health")
         if snap != self.health_record:
             self.health_record = snap
+            self._metric("health", snap)
             self._record()
 
     def _remember(self, result: Any) -> None:
@@ -328,6 +339,7 @@ class Watcher:
         self.config = config
         self.classifier.nft_table = config.pinning.nft_table
         self.log(f"config reloaded from {self.config_path}")
+        self._metrics_start()
         self.converge("config reloaded")
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -341,6 +353,7 @@ class Watcher:
         try:
             self._open()
             self._record()
+            self._metrics_start()
             self.converge("start")
             if engine.pending():  # a restart picks up busy connections still waiting
                 self.sched.sweep_soon()
@@ -356,6 +369,7 @@ class Watcher:
         finally:
             notify("STOPPING=1")
             self._health_stop()
+            self._metrics_stop()
             if self.hooks is not None:
                 self.hooks.close()
             self._close()
@@ -411,6 +425,7 @@ class Watcher:
                 self.log("periodic resync", DEBUG)
             if what == "periodic resync":
                 self.coexist.changed()
+                self._metric("resync", "periodic")
             self.converge(what)
         elif self.coexist.due():  # idle: nothing of the pinning waits for this
             self.conflicts()
@@ -450,6 +465,32 @@ class Watcher:
             self.log(f"cannot open the netlink sockets: {_one_line(e)}", ERROR)
             return
         self.sched.overflow()
+        self._metric("resync", "recovery")
+
+    # -- metrics ([metrics]: connpin.metrics) ----------------------------------------------------
+    def _metric(self, what: str, *args: Any) -> None:
+        if self.metrics is not None:
+            getattr(self.metrics, what)(*args)
+
+    def _metrics_start(self) -> None:
+        """(Re)start publishing as the config's [metrics] says (a reload may change it)."""
+        settings = self.config.metrics
+        uplinks = [u.name for u in self.config.uplinks]
+        if self._publisher is not None and self._publisher.settings == settings:
+            self.metrics.configure(self.config.pinning.nft_table, uplinks)
+            return
+        self._metrics_stop()
+        if settings is not None:
+            from connpin.metrics import publish
+
+            self.metrics, self._publisher = publish.start(settings, self.config.pinning.nft_table,
+                                                          uplinks, self.log)
+            self.metrics.health(self.health_record)
+
+    def _metrics_stop(self) -> None:
+        if self._publisher is not None:
+            self._publisher.stop()
+        self.metrics = self._publisher = None
 
 
 def run(config_path: str, config: model.Config, *, verbose: bool = False,
