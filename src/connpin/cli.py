@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     sp = add("check", help="what on this machine collides with connpin's mark bits, rule "
              "priorities, tables (read-only); exit 2 on conflicts")
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--peer", metavar="OTHER.toml", help="instead: compare with the other HA "
+                    "router's config (marks, tables, priorities); exit 1 when they differ")
     sp = add("connections", help="the connections pinned to each uplink (like conntrack -L)")
     sp.add_argument("uplink", nargs="?", metavar="UPLINK", help="uplink name or interface")
     sp.add_argument("--json", action="store_true")
@@ -95,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     hp.add_argument("--root", default="/", help="install under this directory (default /)")
     lp = add("lab", help="a network lab in namespaces: demo, up, down, exec")
     lp.add_argument("args", nargs=argparse.REMAINDER)
+    from connpin.ha import cli as ha_cli
+
+    ha_cli.add_parser(add, common)
     return p
 
 
@@ -176,6 +181,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         imagined = reconcile.Imagined(nft=nftool.available())
         return _plan(config, reconcile.run(config, imagined, effects=False), args)
+    if args.command == "check" and args.peer:
+        from connpin.ha import cli as ha_cli
+
+        return ha_cli.check_peer(config, args)
+    if args.command == "ha":
+        from connpin.ha import cli as ha_cli
+
+        if not ha_cli.acts(args):  # renders and plans: no root, no kernel
+            return ha_cli.run(config, args)
     if args.command != "check":  # check lists what it can without root
         _need_root(args.command)
     if args.netns:
@@ -189,6 +203,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _status(config, args)
     if args.command == "check":
         return _check(config, args)
+    if args.command == "ha":
+        from connpin.ha import cli as ha_cli
+
+        return ha_cli.run(config, args)
     if args.command in ("apply", "remove"):  # rules/routes of an older connpin (no protocol)
         from connpin.kernel import upgrade
 
@@ -345,11 +363,15 @@ def _check(config: model.Config, args: argparse.Namespace) -> int:
     from connpin.kernel import inventory
 
     report = conflicts.report(config, inventory.take(config))
+    from connpin.ha import peer
+
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        print(json.dumps({**report.as_dict(), "fingerprint": peer.fingerprint(config)}, indent=2))
     else:
         for line in report.lines():
             print(line)
+        print(f"connpin check: slot fingerprint {peer.fingerprint(config)} (the same on both "
+              "routers of an HA pair: `connpin check --peer OTHER.toml`)")
         if not report.found and not report.unread:
             print(f"connpin check: no conflicts with mark_mask {config.pinning.mark_mask:#010x}, "
                   f"rule priorities {config.pinning.rule_priority}.., tables "

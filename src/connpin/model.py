@@ -24,6 +24,7 @@ except ModuleNotFoundError:  # Python 3.10
 from connpin import alloc
 from connpin.classes import Class, parse_class
 from connpin.fields import ConfigError, _bool, _choice, _entry, _int, _unknown
+from connpin.ha import settings as ha_settings
 from connpin.health import settings as health_settings
 from connpin.health import targets as health_targets
 from connpin.health.tracker import Params as HealthParams
@@ -146,6 +147,7 @@ class Config:
         """connpin chooses the uplink of new connections (some weight or a [[class]])."""
         return bool(self.classes) or any(u.weight for u in self.uplinks)
     health: HealthParams = field(default_factory=HealthParams)  # [health]
+    ha: ha_settings.HA | None = None  # [ha]: one router of an HA pair (docs/ha.md)
 
     def uplink(self, name: str) -> Uplink | None:
         return next((u for u in self.uplinks if u.name == name), None)
@@ -230,7 +232,7 @@ def loads(text: str, path: str = "<config>") -> Config:
 
 def parse(doc: dict, path: str = "<config>") -> Config:
     """Validate a decoded TOML document into a Config."""
-    _unknown(path, "", doc, {"pinning", "uplink", "class", "health"})
+    _unknown(path, "", doc, {"pinning", "uplink", "class", "health", "ha"})
     raw = doc.get("pinning", {})
     if not isinstance(raw, dict):
         raise ConfigError(path, "pinning", "must be a table ([pinning])")
@@ -264,7 +266,8 @@ def parse(doc: dict, path: str = "<config>") -> Config:
     names = {u.name for u in uplinks}
     classes = tuple(parse_class(path, i, c, names) for i, c in enumerate(raws))
     config = Config(pinning, uplinks, path, classes,
-                    health=_health(path, doc.get("health", {})))
+                    health=_health(path, doc.get("health", {})),
+                    ha=ha_settings.parse(path, doc.get("ha")))
     _check_whole(config)
     _check_selection(config)
     return config

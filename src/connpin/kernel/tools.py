@@ -21,7 +21,8 @@ TIMEOUT = 30.0
 #: Overrides of where a tool is, by tool name.
 OVERRIDES = {"nft": "CONNPIN_NFT"}
 #: What to install when a tool is missing.
-PACKAGES = {"nft": "nftables", "conntrack": "conntrack", "sysctl": "procps"}
+PACKAGES = {"nft": "nftables", "conntrack": "conntrack", "sysctl": "procps",
+            "conntrackd": "conntrackd"}
 
 
 class ToolFailure(Exception):

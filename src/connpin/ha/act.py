@@ -1,0 +1,120 @@
+"""Carry out a role change (`connpin ha promote|demote|fault`): run conntrackd's client commands
+of `roles.plan` through `kernel.tools` (timeouts, one-line errors), converge through
+`engine.converge` (the one reconcile path), and on promotion flush the stranded pinned
+connections when `on_promote = "flush-stranded"`.
+
+Role changes are serialized by their own lock (keepalived does not wait for one notify command
+before it starts the next); each step is reported as one line with its duration, and a failed
+step does not stop the rest: a router that becomes master must still converge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+
+from connpin.ha import roles
+from connpin.model import Config
+
+#: Seconds a role change waits for the previous one to finish.
+LOCK_TIMEOUT = 60.0
+#: conntrackd's message prefix: "[Wed Dec  2 16:02:20 2026] (pid=10820) "
+_STAMP = re.compile(r"^\[[^]]*\] \(pid=\d+\) ")
+
+
+@contextlib.contextmanager
+def _serialized(timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    from connpin.kernel import state
+
+    os.makedirs(state.directory(), mode=0o755, exist_ok=True)
+    fd = os.open(os.path.join(state.directory(), "ha.lock"),
+                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"another role change held {state.directory()}/ha.lock "
+                                       f"for {timeout:g} s") from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _ms(started: float) -> str:
+    return f"{(time.monotonic() - started) * 1000:.0f} ms"
+
+
+def _conntrackd(command: roles.Command, say: Callable[[str], None]) -> bool:
+    from connpin.kernel import tools
+
+    started = time.monotonic()
+    try:
+        ran = tools.run(list(command.argv))
+    except tools.ToolFailure as e:
+        say(f"{command}: failed: {e}")
+        return False
+    if ran.returncode != 0:
+        why = _STAMP.sub("", " ".join((ran.stderr or ran.stdout).split()))[:200] or "no message"
+        say(f"{command}: failed (exit {ran.returncode}, {_ms(started)}): {why}")
+        return False
+    say(f"{command}: ok ({_ms(started)})")
+    return True
+
+
+def flush_stranded(config: Config, observed: object) -> tuple[int, int]:
+    """Delete the pinned entries NATed to an address this router does not have. Returns
+    (how many were stranded, how many the kernel deleted)."""
+    from connpin.kernel import conntrack as ct
+
+    addresses = [a for link in observed.links.values() for a in link.addresses]
+    own = roles.own_addresses(addresses, observed.inside)
+    with ct.Conntrack() as c:
+        chosen = roles.stranded(c.entries(0, 0), config.pinning.mark_mask, own)
+        return len(chosen), c.delete(chosen)
+
+
+def carry_out(config: Config, role: str, say: Callable[[str], None]) -> bool:
+    """Run `role`'s plan; `say` gets one line per step. Returns False when a step failed."""
+    from connpin import engine
+
+    assert config.ha is not None
+    plan = roles.plan(config.ha, role)
+    ok = True
+    with _serialized():
+        for command in plan.commands:
+            ok = _conntrackd(command, say) and ok
+        observed = None
+        started = time.monotonic()
+        try:
+            out = engine.converge(config)
+        except Exception as e:  # noqa: BLE001 - reported; the flush below still runs
+            say(f"converge: failed: {type(e).__name__}: {' '.join(str(e).split())}")
+            ok = False
+        else:
+            observed = out.result.observed
+            for note in out.notes:
+                say(f"converge: {note}")
+            n = len(out.result.steps)
+            if out.left:
+                say(f"converge: {n} change(s), but the kernel still differs from the plan "
+                    f"({len(out.left)} step(s); see `connpin status`)")
+                ok = False
+            else:
+                say(f"converge: {n} change(s), verified ({_ms(started)})")
+        if plan.flush_stranded:
+            started = time.monotonic()
+            if observed is None:
+                observed = engine.observe(config).observed
+            found, deleted = flush_stranded(config, observed)
+            say(f"flush stranded: {deleted} of {found} pinned connection(s) NATed to an address "
+                f"this router does not have deleted ({_ms(started)})")
+    return ok
