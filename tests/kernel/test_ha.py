@@ -70,6 +70,8 @@ def test_a_failover_keeps_every_pinned_connection(advert_int: float) -> None:
     with HaLab("shared", advert_int=advert_int) as lab:
         pids = daemon_pids(lab)
         assert len(pids) == 4
+        same = lab.connpin("r1", "check", "--peer", str(lab.config("r2")))
+        assert "gives the same marks" in same.stdout
         assert lab.connect() == lab.vip(1), "the LAN leaves by uplink 1's virtual address"
         a, b = pinned_pair(lab)
         wait_for(synced(lab, 2), 10, "r2's conntrackd to hold both connections")
@@ -77,7 +79,7 @@ def test_a_failover_keeps_every_pinned_connection(advert_int: float) -> None:
             p.reset_gap()
 
         died = lab.crash("r1")
-        took = lab.wait_role("r2", "MASTER", 30, since=died) - died
+        took = lab.wait_role("r2", "promote", 30, since=died) - died
         for p in (a, b):
             assert p.wait_rounds(5, 30), f"{p.name} did not resume: {p!r} {p.error!r}"
         gaps = {p.name: p.max_gap for p in (a, b)}
@@ -106,7 +108,7 @@ def test_a_control_without_conntrackd_no_connection_survives() -> None:
     with HaLab("shared", advert_int=0.1, sync=False) as lab:
         a, b = pinned_pair(lab)
         died = lab.crash("r1")
-        lab.wait_role("r2", "MASTER", 30, since=died)
+        lab.wait_role("r2", "promote", 30, since=died)
         assert lab.connect() == lab.vip(1), "r2 forwards new connections"
         for p in (a, b):
             p.reset_gap()
@@ -122,7 +124,7 @@ def test_b_own_sessions_fail_fast() -> None:
         assert {lab.router_of(a.peer), lab.router_of(b.peer)} == {"r1"}
         wait_for(synced(lab, 2), 10, "r2's conntrackd to hold both connections")
         died = lab.crash("r1")
-        lab.wait_role("r2", "MASTER", 30, since=died)
+        lab.wait_role("r2", "promote", 30, since=died)
         wait_for(lambda: a.error is not None and b.error is not None, RESET_BOUND,
                  "both connections to be reset")
         after = {p.name: lab.died_at(p) - died for p in (a, b)}  # type: ignore[operator]

@@ -130,9 +130,10 @@ class HaPlan:
         """Topology "own": the router whose session address the server saw."""
         return next((r for r in ROUTERS for k in KS if ip == self.address(r, k)), None)
 
-    def connpin_config(self) -> str:
-        """The one config both routers apply: isp1 and isp2 on the uplink interfaces (shared:
-        Ethernet with a static gateway, NAT by the lab's SNAT to the VIP; own: masquerade)."""
+    def connpin_config(self, router: str, workdir: Path) -> str:
+        """Router's config: the same uplinks on both routers, isp1 and isp2 (shared: Ethernet
+        with a static gateway, NAT by the lab's SNAT to the VIP; own: masquerade), and its half
+        of [ha] (sync link addresses swapped, per-instance conntrackd paths in `workdir`)."""
         lines: list[str] = []
         for k in KS:
             lines += ["[[uplink]]", f'name = "isp{k}"', f'interface = "{self.iface(k)}"']
@@ -141,7 +142,22 @@ class HaPlan:
             else:
                 lines.append("masquerade = true")
             lines.append("")
+        other = ROUTERS[2 - self.n(router)]
+        ignore = [self.LAN_VIP, *(a for r in ROUTERS for a in self.own_addresses(r))]
+        if self.topology == "shared":
+            ignore += [self.vip(k) for k in KS]
+        lines += ["[ha]", f'topology = "{self.topology}"', 'sync_interface = "sync0"',
+                  f'local = "{self.sync_address(router)}"', f'peer = "{self.sync_address(other)}"',
+                  *(f'conntrackd_{key} = "{workdir}/{router}-conntrackd.{ext}"'
+                    for key, ext in (("config", "conf"), ("socket", "sock"),
+                                     ("lockfile", "lock"))),
+                  f"ignore = [{', '.join(f'{chr(34)}{a}{chr(34)}' for a in ignore)}]", ""]
         return "\n".join(lines)
+
+    def own_addresses(self, router: str) -> list[str]:
+        """A router's own addresses (not the virtual ones): LAN, sync link, uplinks."""
+        return [self.lan_address(router), self.sync_address(router),
+                *(self.address(router, k) for k in KS)]
 
 
 class HaLab(HaPlan):
@@ -154,7 +170,6 @@ class HaLab(HaPlan):
         self.advert_int = advert_int
         self.sync = sync
         self.workdir = Path(tempfile.gettempdir()) / f"{self.prefix}-work"
-        self.config_path = self.workdir / "connpin.toml"
         self._net = Topology(self, ipv6=False)  # type: ignore[arg-type]  # duck-typed plan
         self._servers: EchoServers | None = None
         self._probes: list[Probe] = []
@@ -202,10 +217,9 @@ class HaLab(HaPlan):
         cleanup.write_state(self.prefix, self.state())
         self._net.prepare_hosts()
         for r in ROUTERS:
-            self._net.sysctls(r, {"net.ipv4.ip_forward": 1,
-                                  # a mid-stream packet with no entry is INVALID, never a new
-                                  # connection: it must wait for the synced entry (or be reset)
-                                  "net.netfilter.nf_conntrack_tcp_loose": 0})
+            self._net.sysctls(r, {"net.ipv4.ip_forward": 1})
+            if self.topology == "shared":  # docs/ha.md: between the takeover and the commit
+                self._net.sysctls(r, {"net.netfilter.nf_conntrack_tcp_loose": 0})
         self._build_lan()
         self._build_sync()
         net = self._ipr("net")
@@ -215,10 +229,8 @@ class HaLab(HaPlan):
             self._build_isp(k)
         for r in ROUTERS:
             snat = {self.iface(k): self.vip(k) for k in KS} if self.topology == "shared" else {}
-            invalid = "drop" if self.topology == "shared" else "reset"
-            exec_ns(self.ns(r), ["nft", "-f", "-"],
-                    input=ha_conf.router_ruleset(snat, lan="10.77.0.0/24",
-                                                           invalid=invalid))
+            exec_ns(self.ns(r), ["nft", "-f", "-"], input=ha_conf.router_ruleset(
+                snat, lan="10.77.0.0/24", drop_invalid=self.topology == "shared"))
         self.prefer(1)
         self._servers = EchoServers()
         self._servers.listen(self.ns("net"), self.ECHO_PORT)
@@ -226,7 +238,8 @@ class HaLab(HaPlan):
         self._net.wait_operstate([("lan", "br0"), *((r, "lan0") for r in ROUTERS),
                                   *((r, "sync0") for r in ROUTERS),
                                   *((r, self.iface(k)) for r in ROUTERS for k in KS)])
-        self.config_path.write_text(self.connpin_config())
+        for r in ROUTERS:
+            self.config(r).write_text(self.connpin_config(r, self.workdir))
         for r in ROUTERS:
             self.connpin(r, "apply")
         if self.sync:
@@ -235,9 +248,9 @@ class HaLab(HaPlan):
         # r1 first: r2 starting at the same time could claim the addresses before r1's
         # first advert arrives
         self._start_keepalived("r1")
-        self.wait_role("r1", "MASTER", 30 + 4 * self.advert_int)
+        self.wait_role("r1", "promote", 30 + 4 * self.advert_int)
         self._start_keepalived("r2")
-        self.wait_role("r2", "BACKUP", 30 + 4 * self.advert_int)
+        self.wait_role("r2", "demote", 30 + 4 * self.advert_int)
 
     def _ipr(self, host: str) -> IPRoute:
         return self._net._ipr[host]  # noqa: SLF001 - the lab's own topology helper
@@ -322,20 +335,6 @@ class HaLab(HaPlan):
         self._daemons[router].append(proc)
         return proc
 
-    def conntrackd_conf(self, router: str) -> str:
-        other = ROUTERS[2 - self.n(router)]
-        return ha_conf.conntrackd_conf(
-            local=self.sync_address(router), peer=self.sync_address(other), interface="sync0",
-            lock=str(self.path(router, "conntrackd.lock")),
-            socket=str(self.path(router, "conntrackd.sock")),
-            log=str(self.path(router, "conntrackd.log")),
-            ignore=[self.LAN_VIP, *(a for r in ROUTERS for a in self.own_addresses(r))])
-
-    def own_addresses(self, router: str) -> list[str]:
-        """A router's own addresses (not the virtual ones): LAN, sync link, uplinks."""
-        return [self.lan_address(router), self.sync_address(router),
-                *(self.address(router, k) for k in KS)]
-
     def ctd(self, router: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run `conntrackd -C <router's config> ARGS` in the router (e.g. "-e": external cache)."""
         return exec_ns(self.ns(router), ["conntrackd", "-C",
@@ -344,7 +343,7 @@ class HaLab(HaPlan):
 
     def _start_conntrackd(self, router: str) -> None:
         conf = self.path(router, "conntrackd.conf")
-        conf.write_text(self.conntrackd_conf(router))
+        self.connpin(router, "ha", "conntrackd-conf", "--write")
         proc = self._spawn(router, ["conntrackd", "-C", str(conf)], "conntrackd.out")
         deadline = time.monotonic() + 15
         while self.ctd(router, "-s", check=False).returncode != 0:
@@ -353,34 +352,21 @@ class HaLab(HaPlan):
                                f"{self._tail(router, 'conntrackd.out', 'conntrackd.log')}")
             time.sleep(0.05)
 
-    def notify_commands(self, router: str) -> dict[str, list[list[str]]]:
-        """What keepalived's notify runs per role (conntrackd as its primary-backup.sh does)."""
-        ctd = ["conntrackd", "-C", str(self.path(router, "conntrackd.conf"))]
-        cp = [sys.executable, "-m", "connpin", "-c", str(self.config_path)]
-        if not self.sync:
-            return {"promote": [[*cp, "apply"]], "demote": [[*cp, "apply"]], "fault": []}
-        commit = [[*ctd, "-c"]] if self.topology == "shared" else []
-        return {
-            "promote": [*commit, [*ctd, "-f"], [*ctd, "-R"], [*ctd, "-B"], [*cp, "apply"]],
-            "demote": [[*ctd, "-n"], [*cp, "apply"]],
-            "fault": [],
-        }
-
     def _start_keepalived(self, router: str) -> None:
-        notify = self.path(router, "notify.sh")
-        cmds = self.notify_commands(router)
-        notify.write_text(ha_conf.notify_script(log=str(self.path(router, "vrrp.log")),
-                                                promote=cmds["promote"], demote=cmds["demote"],
-                                                fault=cmds["fault"]))
-        notify.chmod(0o700)
+        wrapper = self.path(router, "connpin")
+        wrapper.write_text(ha_conf.program(python=sys.executable,
+                                           log=str(self.path(router, "roles.log"))))
+        wrapper.chmod(0o700)
         instances = [ha_conf.Vrrp("lan", "lan0", 77, self.LAN_VIP, 24)]
         if self.topology == "shared":
             instances += [ha_conf.Vrrp(f"wan{k}", self.iface(k), 70 + k, self.vip(k), 28)
                           for k in KS]
+        notify = self.connpin(router, "ha", "keepalived-notify", "--program", str(wrapper),
+                              *(a for v in instances for a in ("--instance", v.name))).stdout
         conf = self.path(router, "keepalived.conf")
         conf.write_text(ha_conf.keepalived_conf(
             f"{self.prefix}-{router}", instances, priority=PRIORITY[router],
-            master=router == "r1", advert_int=self.advert_int, notify=str(notify)))
+            master=router == "r1", advert_int=self.advert_int, notify=notify))
         self._spawn(router, ["keepalived", "-n", "-l", "-D", "-P", "-f", str(conf),
                              "-p", str(self.path(router, "keepalived.pid")),
                              "-r", str(self.path(router, "vrrp.pid"))], "keepalived.out")
@@ -393,19 +379,19 @@ class HaLab(HaPlan):
         return "\n".join(text).strip() or "(no output)"
 
     def roles(self, router: str) -> list[tuple[float, str]]:
-        """keepalived's role changes of a router, as its notify logged them: (unix time, STATE)
-        and (time, STATE-done) once the role's commands ran."""
+        """A router's role changes as keepalived's notify ran them: (unix time, "promote" |
+        "demote" | "fault") when `connpin ha ROLE` started, (time, "ROLE-done") when it ended."""
         out = []
         with contextlib.suppress(OSError):
-            for line in self.path(router, "vrrp.log").read_text().splitlines():
+            for line in self.path(router, "roles.log").read_text().splitlines():
                 t, _, state = line.partition(" ")
                 with contextlib.suppress(ValueError):
-                    out.append((float(t), state.strip()))
+                    out.append((float(t), state.split()[0]))
         return out
 
     def wait_role(self, router: str, state: str, timeout: float, since: float = 0.0) -> float:
-        """Wait until the router's notify finished its commands for `state` (a change logged
-        at or after `since`, unix time); returns when that change began (unix time)."""
+        """Wait until `connpin ha STATE` ended in the router (started at or after `since`, unix
+        time); returns when it started (unix time)."""
         deadline = time.monotonic() + timeout
         while True:
             roles = [(t, s) for t, s in self.roles(router) if t >= since]
@@ -413,8 +399,9 @@ class HaLab(HaPlan):
             if began and any(s == f"{state}-done" and t >= began[0] for t, s in roles):
                 return began[0]
             if time.monotonic() > deadline:
-                raise LabError(f"{router} is not {state} after {timeout:.0f}s (roles "
-                               f"{self.roles(router)}): {self._tail(router, 'keepalived.out')}")
+                raise LabError(f"no `connpin ha {state}` in {router} after {timeout:.0f}s "
+                               f"(roles {self.roles(router)}): "
+                               f"{self._tail(router, 'keepalived.out', 'roles.log.out')}")
             time.sleep(0.05)
 
     def crash(self, router: str = "r1") -> float:
@@ -442,11 +429,15 @@ class HaLab(HaPlan):
              timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return exec_ns(self.ns(host), list(argv), check=check, timeout=timeout)
 
+    def config(self, router: str) -> Path:
+        """A router's connpin config (the same uplinks on both; [ha] differs)."""
+        return self.workdir / f"{router}.toml"
+
     def connpin(self, router: str, *args: str, check: bool = True
                 ) -> subprocess.CompletedProcess[str]:
-        """This checkout's connpin in a router, with the lab's config."""
+        """This checkout's connpin in a router, with its config."""
         argv = [sys.executable, "-m", "connpin", "--netns", self.ns(router),
-                "-c", str(self.config_path), *args]
+                "-c", str(self.config(router)), *args]
         return run(argv, check=check, timeout=60)
 
     def probe(self, dst: str | None = None, *, name: str | None = None,
@@ -482,7 +473,7 @@ class HaLab(HaPlan):
         return {"prefix": self.prefix, "kind": "ha", "topology": self.topology,
                 "uplinks": ["eth" if self.topology == "shared" else "ppp"] * len(KS),
                 "namespaces": {h: self.ns(h) for h in self.hosts},
-                "workdir": str(self.workdir), "config_path": str(self.config_path),
+                "workdir": str(self.workdir), "config_path": str(self.config("r1")),
                 "pid": os.getpid()}
 
     def destroy(self) -> None:
