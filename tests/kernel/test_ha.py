@@ -14,6 +14,8 @@ goals and figures live in bench/ha.py and docs/ha.md.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 from helpers import KERNEL, wait_for
@@ -39,6 +41,7 @@ def assert_gone(lab: HaLab, pids: set[int]) -> None:
     alive = [p for p in pids if os.path.exists(f"/proc/{p}")
              and cleanup._state_of(p) not in ("Z", "X")]  # noqa: SLF001
     assert not alive, f"daemons left behind: {alive}"
+    assert not keepalived_or_conntrackd_of(lab.prefix)
 
 
 def pinned_pair(lab: HaLab):
@@ -155,3 +158,45 @@ def test_a_lab_is_removed_when_its_build_fails(monkeypatch: pytest.MonkeyPatch) 
         lab.build()
     assert len(started) == 3  # two conntrackd, r1's keepalived
     assert_gone(lab, started)
+
+
+def test_demo_ha_end_to_end() -> None:
+    """`connpin lab demo --ha`: exit 0, (a) survived, (b) reset, nothing left behind."""
+    res = subprocess.run([sys.executable, "-m", "connpin", "lab", "demo", "--ha"],
+                         capture_output=True, text=True, timeout=300)
+    out = res.stdout
+    assert res.returncode == 0, out + res.stderr
+    rows = [line for line in out.splitlines() if line.startswith(("a: shared", "b: own"))]
+    assert len(rows) == 4, out
+    assert all("survived" in r for r in rows[:2]) and all("reset" in r for r in rows[2:]), out
+    assert "same marks and tables" in out and "curl" not in out
+    prefixes = {w for line in out.splitlines() for w in line.split()
+                if w.startswith(cleanup.PREFIX)}
+    assert len(prefixes) == 2, out
+    for prefix in prefixes:
+        assert not [n for n in os.listdir("/run/netns") if n.startswith(prefix + "-")]
+        assert not os.path.exists(f"/tmp/{prefix}-work")
+        assert not keepalived_or_conntrackd_of(prefix)
+
+
+def test_demo_ha_refuses_keep() -> None:
+    res = subprocess.run([sys.executable, "-m", "connpin", "lab", "demo", "--ha", "--keep"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "--keep does not go with --ha" in res.stderr
+
+
+def keepalived_or_conntrackd_of(prefix: str) -> list[int]:
+    """Live keepalived/conntrackd processes whose command line names the lab's work directory."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if (b"keepalived" in cmd or b"conntrackd" in cmd) and prefix.encode() in cmd \
+                and cleanup._state_of(int(entry)) not in ("Z", "X"):  # noqa: SLF001
+            found.append(int(entry))
+    return found
