@@ -3,10 +3,12 @@ tables synced by conntrackd over a dedicated link, two ISPs and an internet host
 network namespaces; keepalived and conntrackd run for real, one instance per router, and
 connpin is applied on both routers with the same config.
 
-This module owns the `HaLab` (build, the daemons, a router's crash, destroy) and its address
-plan (`HaPlan`). Text (keepalived.conf, the notify script, a minimal conntrackd.conf, the
-routers' own nft table) comes from `ha_conf`; namespaces, state files and the removal of what a
-killed process left behind from `cleanup`, like the single-router `Lab`.
+This module owns the `HaLab` (build, the daemons, a router's crash, destroy). Its address plan
+and the routers' connpin configs are `ha_plan.HaPlan`; keepalived.conf, the program keepalived's
+notify runs and the routers' own nft table come from `ha_conf`; conntrackd.conf and the notify
+lines from connpin itself (`connpin ha conntrackd-conf`, `ha keepalived-notify`); namespaces,
+state files and the removal of what a killed process left behind from `cleanup`, like the
+single-router `Lab`.
 
 Topology "shared" (a): both routers sit on each ISP's Ethernet segment (a bridge in the ISP's
 namespace); the ISP's gateway sees ONE virtual address per uplink, which moves with the master,
@@ -29,7 +31,6 @@ net: 203.0.113.10 and 203.0.113.11 on its loopback, echo servers on port 7 (see 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import secrets
 import shutil
@@ -51,113 +52,11 @@ from connpin.lab import cleanup, ha_conf
 from connpin.lab.addressing import ppp_mac
 from connpin.lab.commands import LabError, exec_ns, run
 from connpin.lab.echo import EchoServers, Probe, connect_once, open_connection
+from connpin.lab.ha_plan import KS, ROUTERS, HaPlan
 from connpin.lab.topology import IFF_NOARP, Topology
 
-TOPOLOGIES = ("shared", "own")
-ROUTERS = ("r1", "r2")
-KS = (1, 2)
 PRIORITY = {"r1": 200, "r2": 100}
 RTPROT_STATIC = 4
-
-
-class HaPlan:
-    """Names and addresses of an HA lab (pure): see the module docstring."""
-
-    SERVERS = ("203.0.113.10", "203.0.113.11")
-    ECHO_PORT = 7
-    LAN_HOST = "10.77.0.2"
-    LAN_VIP = "10.77.0.1"
-    ks = KS
-
-    def __init__(self, prefix: str, topology: str):
-        if topology not in TOPOLOGIES:
-            raise ValueError(f"topology is one of {', '.join(TOPOLOGIES)}, not {topology!r}")
-        self.prefix, self.topology = prefix, topology
-        self.hosts = ("lan", *ROUTERS, *(f"isp{k}" for k in KS), "net")
-
-    def ns(self, host: str) -> str:
-        if host not in self.hosts:
-            raise ValueError(f"no host {host!r} in this lab (hosts: {', '.join(self.hosts)})")
-        return f"{self.prefix}-{host}"
-
-    @staticmethod
-    def n(router: str) -> int:
-        if router not in ROUTERS:
-            raise ValueError(f"no router {router!r} (routers: r1, r2)")
-        return ROUTERS.index(router) + 1
-
-    def lan_address(self, router: str) -> str:
-        return f"10.77.0.{251 + self.n(router)}"
-
-    def sync_address(self, router: str) -> str:
-        return f"10.78.0.{self.n(router)}"
-
-    def iface(self, k: int) -> str:
-        """A router's interface of uplink k: wan{k} (shared) or ppp{k-1} (own sessions)."""
-        return f"wan{k}" if self.topology == "shared" else f"ppp{k - 1}"
-
-    def gateway(self, k: int) -> str:
-        return f"198.51.100.{16 * k + 1}" if self.topology == "shared" else f"100.64.{k}.1"
-
-    def vip(self, k: int) -> str:
-        """Uplink k's virtual address (shared) that the ISP sees and the routers SNAT to."""
-        return f"198.51.100.{16 * k + 2}"
-
-    def address(self, router: str, k: int) -> str:
-        """A router's own address on uplink k."""
-        if self.topology == "shared":
-            return f"198.51.100.{16 * k + 2 + self.n(router)}"
-        return f"100.64.{k}.{1 + self.n(router)}"
-
-    def customer_range(self, k: int) -> ipaddress.IPv4Network:
-        if self.topology == "shared":
-            return ipaddress.IPv4Network(f"198.51.100.{16 * k}/28")
-        return ipaddress.IPv4Network(f"100.64.{k}.0/24")
-
-    def isp_link(self, k: int) -> tuple[str, str]:
-        return f"192.0.2.{4 * k + 1}", f"192.0.2.{4 * k + 2}"
-
-    def uplink_of(self, ip: str | None) -> int | None:
-        """The uplink whose public address the server saw (None for anything else)."""
-        if not ip:
-            return None
-        with contextlib.suppress(ValueError):
-            a = ipaddress.IPv4Address(ip)
-            return next((k for k in KS if a in self.customer_range(k)), None)
-        return None
-
-    def router_of(self, ip: str | None) -> str | None:
-        """Topology "own": the router whose session address the server saw."""
-        return next((r for r in ROUTERS for k in KS if ip == self.address(r, k)), None)
-
-    def connpin_config(self, router: str, workdir: Path) -> str:
-        """Router's config: the same uplinks on both routers, isp1 and isp2 (shared: Ethernet
-        with a static gateway, NAT by the lab's SNAT to the VIP; own: masquerade), and its half
-        of [ha] (sync link addresses swapped, per-instance conntrackd paths in `workdir`)."""
-        lines: list[str] = []
-        for k in KS:
-            lines += ["[[uplink]]", f'name = "isp{k}"', f'interface = "{self.iface(k)}"']
-            if self.topology == "shared":
-                lines.append(f'gateway = "{self.gateway(k)}"')
-            else:
-                lines.append("masquerade = true")
-            lines.append("")
-        other = ROUTERS[2 - self.n(router)]
-        ignore = [self.LAN_VIP, *(a for r in ROUTERS for a in self.own_addresses(r))]
-        if self.topology == "shared":
-            ignore += [self.vip(k) for k in KS]
-        lines += ["[ha]", f'topology = "{self.topology}"', 'sync_interface = "sync0"',
-                  f'local = "{self.sync_address(router)}"', f'peer = "{self.sync_address(other)}"',
-                  *(f'conntrackd_{key} = "{workdir}/{router}-conntrackd.{ext}"'
-                    for key, ext in (("config", "conf"), ("socket", "sock"),
-                                     ("lockfile", "lock"))),
-                  f"ignore = [{', '.join(f'{chr(34)}{a}{chr(34)}' for a in ignore)}]", ""]
-        return "\n".join(lines)
-
-    def own_addresses(self, router: str) -> list[str]:
-        """A router's own addresses (not the virtual ones): LAN, sync link, uplinks."""
-        return [self.lan_address(router), self.sync_address(router),
-                *(self.address(router, k) for k in KS)]
 
 
 class HaLab(HaPlan):

@@ -153,5 +153,5 @@ def main(out: TextIO = sys.stdout) -> int:
     print(f"\n{verdict}; in (b) they cannot, and are reset instead "
           f"({time.monotonic() - started:.1f} s)\n"
           "More: docs/ha.md; the kernel tests: .venv/bin/python -m pytest -q -s "
-          "tests/kernel/test_ha.py", file=out, flush=True)
+          "tests/kernel/test_ha_failover.py", file=out, flush=True)
     return 0 if ok else 1
