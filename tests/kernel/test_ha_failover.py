@@ -18,7 +18,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import KERNEL, wait_for
+from helpers import KERNEL, holds, wait_for
 
 from connpin.lab import cleanup
 from connpin.lab.ha import ROUTERS, HaLab
@@ -138,6 +138,20 @@ def test_b_own_sessions_fail_fast() -> None:
         seen = lab.connect()
         assert seen == lab.address("r2", 1), f"a new connection left from {seen}"
     assert_gone(lab, pids)
+
+
+def test_b_with_tcp_loose_0_connections_hang() -> None:
+    """Why (b) keeps nf_conntrack_tcp_loose = 1: with 0, the stranded connection that promote
+    deleted finds no entry and gets none (INVALID), so nothing resets it: it hangs."""
+    with HaLab("own", advert_int=0.1) as lab:
+        for r in ROUTERS:
+            lab._net.sysctls(r, {"net.netfilter.nf_conntrack_tcp_loose": 0})  # noqa: SLF001
+        a = lab.probe(name="a")
+        assert a.wait_rounds(3, 10)
+        wait_for(synced(lab, 1), 10, "r2's conntrackd to hold the connection")
+        died = lab.crash("r1")
+        lab.wait_role("r2", "promote", 30, since=died)
+        holds(lambda: a.error is None and not a.healthy(1.0), 4, "a hangs, without a reset")
 
 
 def test_a_lab_is_removed_when_its_build_fails(monkeypatch: pytest.MonkeyPatch) -> None:
