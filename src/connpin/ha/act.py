@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 
 from connpin.ha import roles
 from connpin.model import Config
+from connpin.values import Observed
 
 #: Seconds a role change waits for the previous one to finish.
 LOCK_TIMEOUT = 60.0
@@ -70,7 +71,7 @@ def _conntrackd(command: roles.Command, say: Callable[[str], None]) -> bool:
     return True
 
 
-def flush_stranded(config: Config, observed: object) -> tuple[int, int]:
+def flush_stranded(config: Config, observed: Observed) -> tuple[int, int]:
     """Delete the pinned entries NATed to an address this router does not have. Returns
     (how many were stranded, how many the kernel deleted)."""
     from connpin.kernel import conntrack as ct
@@ -80,6 +81,41 @@ def flush_stranded(config: Config, observed: object) -> tuple[int, int]:
     with ct.Conntrack() as c:
         chosen = roles.stranded(c.entries(0, 0), config.pinning.mark_mask, own)
         return len(chosen), c.delete(chosen)
+
+
+def _foreign_table(config: Config) -> bool:
+    """Like `up`/`down`: never converge over an nft table of the same name connpin did not make."""
+    if config.pinning.backend == "iptables":
+        return False
+    from connpin.kernel import inventory
+
+    return bool(inventory.foreign_table(config))
+
+
+def _converge(config: Config, say: Callable[[str], None]) -> tuple[Observed, bool] | None:
+    """engine.converge, reported. None when it did not run through; else what it observed
+    and whether the kernel matches the plan."""
+    from connpin import engine
+
+    started = time.monotonic()
+    if _foreign_table(config):
+        say(f"converge: refused: nft table inet {config.pinning.nft_table} was not created by "
+            "connpin; nothing changed (choose another pinning.nft_table)")
+        return None
+    try:
+        out = engine.converge(config)
+    except Exception as e:  # noqa: BLE001 - reported; the caller goes on (the flush)
+        say(f"converge: failed: {type(e).__name__}: {' '.join(str(e).split())}")
+        return None
+    for note in out.notes:
+        say(f"converge: {note}")
+    n = len(out.result.steps)
+    if out.left:
+        say(f"converge: {n} change(s), but the kernel still differs from the plan "
+            f"({len(out.left)} step(s); see `connpin status`)")
+        return out.result.observed, False
+    say(f"converge: {n} change(s), verified ({_ms(started)})")
+    return out.result.observed, True
 
 
 def carry_out(config: Config, role: str, say: Callable[[str], None]) -> bool:
@@ -92,24 +128,13 @@ def carry_out(config: Config, role: str, say: Callable[[str], None]) -> bool:
     with _serialized():
         for command in plan.commands:
             ok = _conntrackd(command, say) and ok
-        observed = None
-        started = time.monotonic()
-        try:
-            out = engine.converge(config)
-        except Exception as e:  # noqa: BLE001 - reported; the flush below still runs
-            say(f"converge: failed: {type(e).__name__}: {' '.join(str(e).split())}")
+        observed: Observed | None = None
+        converged = _converge(config, say)
+        if converged is None:
             ok = False
         else:
-            observed = out.result.observed
-            for note in out.notes:
-                say(f"converge: {note}")
-            n = len(out.result.steps)
-            if out.left:
-                say(f"converge: {n} change(s), but the kernel still differs from the plan "
-                    f"({len(out.left)} step(s); see `connpin status`)")
-                ok = False
-            else:
-                say(f"converge: {n} change(s), verified ({_ms(started)})")
+            observed, good = converged
+            ok = good and ok
         if plan.flush_stranded:
             started = time.monotonic()
             if observed is None:

@@ -18,9 +18,10 @@ from connpin.errors import Usage
 ROLE_HELP = {
     "promote": "this router became VRRP master: commit the peer's replicated connections "
                "(conntrackd -c, -f, -R, -B), converge, and on_promote",
-    "demote": "this router became VRRP backup: expire its stale entries (conntrackd -t), ask "
-              "the master for a resync (-n), converge",
-    "fault": "VRRP fault or stop: expire this router's stale entries (conntrackd -t), converge",
+    "demote": "this router became VRRP backup: flush its stale entries after PurgeTimeout "
+              "(conntrackd -t), ask the master for a resync (-n), converge",
+    "fault": "VRRP fault or stop: flush this router's stale entries after PurgeTimeout "
+             "(conntrackd -t), converge",
 }
 
 

@@ -57,7 +57,7 @@ def render(ha: HA, source: str = "") -> str:
         DisableExternalCache no
         # a router that starts asks the other one for its whole table
         StartupResync yes
-        # after a demotion (`conntrackd -t`), stale kernel entries expire this soon
+        # after a demotion (`conntrackd -t`), the stale kernel entries are flushed this late
         PurgeTimeout 60
     }}
     UDP Default {{

@@ -8,8 +8,9 @@ The order follows conntrackd's primary-backup scheme (conntrackd(8), Debian's
   with their marks) into the kernel first, so the peer's connections find their entries as early
   as possible; then flush conntrackd's caches, resync its internal cache from the kernel and
   send the peer a bulk update. Then converge, then `on_promote`.
-- demote (becomes backup): shorten the kernel's timers of its now stale entries (`-t`, they
-  expire after PurgeTimeout) and ask the new master for a full resync (`-n`). Then converge.
+- demote (becomes backup): `-t` has conntrackd flush the kernel's now stale entries after
+  PurgeTimeout (60 s; a promotion before then cancels it, seen with conntrackd 1.4.7) and `-n`
+  asks the new master for a full resync. Then converge.
 - fault: only `-t`. Then converge.
 Each conntrackd step that fails is reported and the rest still run: a promotion goes on.
 """
@@ -71,12 +72,12 @@ def plan(ha: HA, role: str) -> Plan:
         ), flush_stranded=ha.on_promote == "flush-stranded")
     if role == "demote":
         return Plan(role, (
-            _ct(ha, "-t", "shorten the kernel timers of the now stale entries (PurgeTimeout)"),
+            _ct(ha, "-t", "flush the kernel's now stale entries after PurgeTimeout (60 s)"),
             _ct(ha, "-n", "ask the master for a full resync"),
         ))
     if role == "fault":
         return Plan(role, (
-            _ct(ha, "-t", "shorten the kernel timers of the now stale entries (PurgeTimeout)"),
+            _ct(ha, "-t", "flush the kernel's now stale entries after PurgeTimeout (60 s)"),
         ))
     raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
 
