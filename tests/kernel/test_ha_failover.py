@@ -26,7 +26,7 @@ from connpin.lab.ha import ROUTERS, HaLab
 pytestmark = KERNEL
 
 #: generous bounds (the goals are 3 s with advert_int 1 and 1 s tuned: see bench/ha.py)
-GAP_BOUND = {1.0: 15.0, 0.1: 8.0}
+GAP_BOUND = {1.0: 30.0, 0.1: 20.0}
 RESET_BOUND = 15.0
 
 
@@ -84,7 +84,7 @@ def test_a_failover_keeps_every_pinned_connection(advert_int: float) -> None:
         died = lab.crash("r1")
         took = lab.wait_role("r2", "promote", 30, since=died) - died
         for p in (a, b):
-            assert p.wait_rounds(5, 30), f"{p.name} did not resume: {p!r} {p.error!r}"
+            assert p.wait_rounds(5, 60), f"{p.name} did not resume: {p!r} {p.error!r}"
         gaps = {p.name: p.max_gap for p in (a, b)}
         print(f"\nadvert_int {advert_int}: r2 master {took:.2f} s after the crash, "
               f"gaps {', '.join(f'{k} {v:.2f} s' for k, v in gaps.items())}")
@@ -145,7 +145,7 @@ def test_b_with_tcp_loose_0_connections_hang() -> None:
     deleted finds no entry and gets none (INVALID), so nothing resets it: it hangs."""
     with HaLab("own", advert_int=0.1) as lab:
         for r in ROUTERS:
-            lab._net.sysctls(r, {"net.netfilter.nf_conntrack_tcp_loose": 0})  # noqa: SLF001
+            lab.set_sysctl(r, "net.netfilter.nf_conntrack_tcp_loose", 0)
         a = lab.probe(name="a")
         assert a.wait_rounds(3, 10)
         wait_for(synced(lab, 1), 10, "r2's conntrackd to hold the connection")

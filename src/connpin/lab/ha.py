@@ -50,7 +50,7 @@ from connpin.const import IFF_UP
 from connpin.kernel import tools
 from connpin.lab import cleanup, ha_conf
 from connpin.lab.addressing import ppp_mac
-from connpin.lab.commands import LabError, exec_ns, run
+from connpin.lab.commands import LabError, _ip_binary, exec_ns, run
 from connpin.lab.echo import EchoServers, Probe, connect_once, open_connection
 from connpin.lab.ha_plan import KS, ROUTERS, HaPlan
 from connpin.lab.topology import IFF_NOARP, Topology
@@ -228,7 +228,7 @@ class HaLab(HaPlan):
     def _spawn(self, router: str, argv: list[str], log: str) -> subprocess.Popen[bytes]:
         out = open(self.path(router, log), "ab")  # noqa: SIM115 - closed in destroy
         self._logs.append(out)
-        proc = subprocess.Popen(["ip", "netns", "exec", self.ns(router), *argv],
+        proc = subprocess.Popen([_ip_binary(), "netns", "exec", self.ns(router), *argv],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True)
         self._daemons[router].append(proc)
@@ -324,6 +324,10 @@ class HaLab(HaPlan):
         self._daemons[router].clear()
 
     # -- commands and traffic -------------------------------------------------------------------
+    def set_sysctl(self, host: str, key: str, value: object) -> None:
+        """Set a sysctl inside a host, e.g. ("r2", "net.netfilter.nf_conntrack_tcp_loose", 0)."""
+        self._net.sysctls(host, {key: value})
+
     def exec(self, host: str, argv: list[str], check: bool = True,
              timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return exec_ns(self.ns(host), list(argv), check=check, timeout=timeout)
