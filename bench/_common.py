@@ -339,6 +339,10 @@ class Bench:
         self.lab.exec("router", ["ip", "-batch", "-"], input="\n".join(batch) + "\n")
 
     def _remove_linear(self, n: int) -> None:
+        """The linear rules first: connpin refuses to touch rules it did not install."""
+        self.lab.exec("router", ["ip", "-batch", "-"], input="".join(
+            f"rule del priority {PRIO + 2} fwmark {alloc.deposit(i + 1, MASK):#x}/{MASK:#x}\n"
+            for i in range(n)))
         self._remove_connpin(n)
 
     # -- traffic --------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ recovery; detection is unaffected by it.
 Soak: 10% random loss EACH WAY (nft `numgen random`, ~19% of probes lost) on three ISPs, every
 monitor on every ISP, for 10 minutes (--quick: 1 minute), after a minute without loss (so that
 dpinger's window is full); a false alarm is any dead transition.
-100 ms jitter needs netem (sch_netem); when the kernel has none that part is skipped and said so.
+100 ms jitter needs netem (sch_netem, `connpin.lab.faults.jitter`): the soak tries it in the
+lab; when the kernel has none that part is skipped, and the output and health.md say so.
 
     .venv/bin/python bench/health.py [--quick] [--out DIR]     (root)
 """
@@ -39,11 +40,11 @@ import _common as C
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from connpin.health.monitor import Monitor  # noqa: E402
-from connpin.health.probe import Prober, Via  # noqa: E402
+from connpin.health.probe import Via  # noqa: E402
 from connpin.health.targets import Target, parse_all  # noqa: E402
 from connpin.health.tracker import ALIVE, DEAD, UNKNOWN, Params, Tracker, Transition  # noqa: E402
 from connpin.lab import Lab, faults  # noqa: E402
+from connpin.lab.monitoring import Recorder  # noqa: E402
 
 EXTRA = ("203.0.113.11", "203.0.113.12")
 TARGETS3 = parse_all([f"icmp:{Lab.SERVER}", *(f"icmp:{a}" for a in EXTRA)])
@@ -51,6 +52,7 @@ TARGET1 = TARGETS3[:1]
 PROFILES = ("connpin", "dpinger", "mwan3")
 #: seconds alive before the next blackhole (plus 0-2 s at random)
 SETTLE = {"connpin": 1.0, "dpinger": 62.0, "mwan3": 1.0}
+JITTER_MS = 100
 
 
 # -- other monitors' rules, as tracker-like objects -------------------------------------------
@@ -157,40 +159,6 @@ def targets_of(profile: str) -> tuple[Target, ...]:
     return TARGET1 if profile == "dpinger" else TARGETS3
 
 
-# -- running monitors in a thread ---------------------------------------------------------------
-class Running:
-    def __init__(self, lab: Lab):
-        self.prober = Prober(lab.ns("router"))
-        self.monitor = Monitor(self.prober)
-        self.events: list[Transition] = []
-        self.cond = threading.Condition()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        def note(t: Transition) -> None:
-            with self.cond:
-                self.events.append(t)
-                self.cond.notify_all()
-        self.monitor.run(self.stop, note)
-
-    def wait(self, key: Hashable, state: str, after: int, deadline: float) -> Transition | None:
-        with self.cond:
-            while True:
-                for t in self.events[after:]:
-                    if t.uplink == key and t.new == state:
-                        return t
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self.cond.wait(left)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.prober.close()
-
-
 def build(lab: Lab) -> None:
     for k in lab.ks:
         lab.uplink_up(k)
@@ -212,42 +180,40 @@ def detection(seconds: float) -> tuple[dict[str, list[float]], dict[str, list[fl
     rec: dict[str, list[float]] = {p: [] for p in PROFILES}
     with Lab(("ppp",) * len(PROFILES)) as lab:
         build(lab)
-        run = Running(lab)
+        run = Recorder(lab.ns("router"))
         for k, prof in enumerate(PROFILES, 1):
             run.monitor.add(prof, via(lab, k), targets_of(prof), make(prof, True))
-        run.thread.start()
+        run.start()
         end = time.monotonic() + seconds
 
         def cycle(k: int, prof: str) -> None:
             rng = random.Random(k)
             tracker = run.monitor.tracker_of(prof)
             while time.monotonic() < end:
-                with run.cond:
-                    after = len(run.events)
-                if tracker.state(prof) != ALIVE and run.wait(prof, ALIVE, after, end + 120) is None:
+                after = run.count()
+                if (tracker.state(prof) != ALIVE
+                        and run.wait(prof, ALIVE, end + 120, after=after) is None):
                     return
                 # settle so that the monitor starts from a clean slate: dpinger's 60 s window
                 # free of the previous losses, a random phase for the others
                 time.sleep(SETTLE[prof] + rng.random() * 2)
                 if time.monotonic() >= end:
                     return
-                with run.cond:
-                    after = len(run.events)
+                after = run.count()
                 if tracker.state(prof) != ALIVE:
                     continue
                 t0 = time.monotonic()
                 faults.blackhole(lab, k)
                 nft_s.append(time.monotonic() - t0)
-                dead = run.wait(prof, DEAD, after, t0 + 180)
+                dead = run.wait(prof, DEAD, t0 + 180, after=after)
                 t1 = time.monotonic()
                 faults.clear(lab, k)
                 if dead is None:
                     print(f"{prof}: not dead within 180 s", flush=True)
                     return
                 det[prof].append(dead.at - t0)
-                with run.cond:
-                    after = len(run.events)
-                alive = run.wait(prof, ALIVE, after, t1 + 180)
+                after = run.count()
+                alive = run.wait(prof, ALIVE, t1 + 180, after=after)
                 if alive is not None:
                     rec[prof].append(alive.at - t1)
 
@@ -261,33 +227,29 @@ def detection(seconds: float) -> tuple[dict[str, list[float]], dict[str, list[fl
     return det, rec, nft_s
 
 
-def netem_available(lab: Lab) -> bool:
-    r = lab.exec("isp1", ["tc", "qdisc", "add", "dev", "up0", "root", "netem", "delay",
-                          "50ms", "50ms"], check=False)
-    if r.returncode == 0:
-        lab.exec("isp1", ["tc", "qdisc", "del", "dev", "up0", "root"], check=False)
-    return r.returncode == 0
-
-
-def soak(seconds: float) -> tuple[dict[str, int], dict[str, float], bool, int]:
-    """10% loss each way on 3 ISPs, every monitor on every ISP: false alarms per monitor."""
+def soak(seconds: float) -> tuple[dict[str, int], dict[str, float], str | None, int]:
+    """10% loss each way on 3 ISPs (and 100 ms of jitter where the kernel has netem), every
+    monitor on every ISP: false alarms per monitor, probe rates, why there was no jitter (None:
+    there was), packets dropped."""
     with Lab(("ppp", "ppp", "ppp")) as lab:
         build(lab)
-        has_netem = netem_available(lab)
-        run = Running(lab)
+        no_netem = faults.netem_missing(lab, 1)
+        run = Recorder(lab.ns("router"))
         for k in lab.ks:
             for prof in PROFILES:
                 run.monitor.add((prof, k), via(lab, k), targets_of(prof), make(prof, False))
-        run.thread.start()
+        run.start()
         deadline = time.monotonic() + 130
         for k in lab.ks:
             for prof in PROFILES:
-                if run.wait((prof, k), ALIVE, 0, deadline) is None:
+                if run.wait((prof, k), ALIVE, deadline) is None:
                     raise SystemExit(f"{prof} on isp{k} never alive")
         time.sleep(SETTLE["dpinger"])  # dpinger's 60 s loss window full before the loss starts
-        n0 = len(run.events)
+        n0 = run.count()
         for k in lab.ks:
             faults.loss(lab, k, 10)
+            if no_netem is None:
+                faults.jitter(lab, k, JITTER_MS)
         p0, t0 = dict(run.prober.packets_by), time.monotonic()
         time.sleep(seconds)
         with run.cond:
@@ -298,7 +260,7 @@ def soak(seconds: float) -> tuple[dict[str, int], dict[str, float], bool, int]:
         dropped = sum(faults.dropped(lab, k) for k in lab.ks)
         run.close()
     alarms = {p: sum(1 for t in bad if t.uplink[0] == p) for p in PROFILES}
-    return alarms, rates, has_netem, dropped
+    return alarms, rates, no_netem, dropped
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -311,8 +273,9 @@ def main() -> int:
     det_s, soak_s = (90, 60) if args.quick else (420, 600)
     print(f"detection: blackhole cycles for {det_s} s ...", flush=True)
     det, rec, nft_s = detection(det_s)
-    print(f"soak: 10% loss each way for {soak_s} s ...", flush=True)
-    alarms, rates, has_netem, dropped = soak(soak_s)
+    print(f"soak: 10% loss each way (+{JITTER_MS} ms jitter where netem exists) for {soak_s} s"
+          " ...", flush=True)
+    alarms, rates, no_netem, dropped = soak(soak_s)
 
     rows, csv_rows = [], []
     base50 = statistics.median(det["connpin"]) if det["connpin"] else float("nan")
@@ -332,8 +295,9 @@ def main() -> int:
             "p99 vs connpin", "recovery p50 s", f"false alarms ({soak_s // 60} min x 3 ISPs)",
             "packets/s per uplink (soak)")
     tab = C.table(head, rows)
-    jitter = ("100 ms jitter: run with netem" if has_netem else
-              "100 ms jitter: SKIPPED, this kernel has no netem (sch_netem); loss only")
+    jitter = (f"{JITTER_MS} ms jitter (netem on each ISP's up0) with the loss" if no_netem is None
+              else f"{JITTER_MS} ms jitter: SKIPPED, this kernel has no netem (tc qdisc add ... "
+              f"netem in the lab: {no_netem!r}); loss only")
     nft50 = statistics.median(nft_s) if nft_s else float("nan")
     notes = (f"Soak: 10% random loss each way on 3 ISPs for {soak_s} s ({dropped} packets "
              f"dropped), every monitor on every ISP. Detection times include starting nft in "

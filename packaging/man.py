@@ -45,6 +45,13 @@ def connpin_8() -> str:
     page.source = f"connpin {_version()}"
     page.description = "connection pinning for Linux routers with several uplinks"
     page.add_section("exit status", ">", _text(doc))
+    page.add_section("examples", ">", _text(
+        "`connpin init -o /etc/connpin/connpin.toml`: a commented starter config from this "
+        "machine's default routes (lowest metric first) and pppd peers; never overwrites a "
+        "file without `--force`. Then `connpin check`, `connpin plan`, `connpin apply`.\n\n"
+        "`connpin apply --json`: every command that prints takes `--json` and prints one JSON "
+        "object with `\"schema\": 1`, errors included (`error` with kind, message, and for a "
+        "bad config file and field; `exit`); described in docs/json.md of the source."))
     page.add_section("files", ">", _text(
         "`/etc/connpin/connpin.toml`: the config (`-c PATH` or `CONNPIN_CONFIG` for another).\n\n"
         "`/run/connpin`: state of the running system (`CONNPIN_RUN_DIR` for another)."))

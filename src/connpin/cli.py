@@ -1,20 +1,21 @@
 """argv and environment -> calls -> exit codes. The only module that knows about them.
 
 Exit codes: 0 ok; 1 runtime failure (previous state kept); 2 bad config or usage, or conflicts
-(`check`, `apply`); 3 `status`: the kernel does not match the plan or a conflict appeared;
+(`check`, `apply`); 3 `status`: the kernel does not match the plan or a conflict appeared
+(`status --nagios`: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN, the monitoring-plugin convention);
 4 needs root (`check`: some part unreadable).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
 
 from connpin import model
 from connpin.errors import Usage
+from connpin.render import jsonout
 
 EXIT_FAIL, EXIT_CONFIG, EXIT_DRIFT, EXIT_ROOT = 1, 2, 3, 4
 
@@ -34,8 +35,24 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+class _ArgError(Exception):
+    """A usage error argparse found, with the (sub)parser that found it."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser, self.message = parser, message
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting on a usage error, so `--json` can report it;
+    main() prints the same two lines argparse would."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise _ArgError(self, message)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="connpin",
         description="Pin each connection to the uplink it first used (nftables + policy routing).",
     )
@@ -60,11 +77,26 @@ def _parser() -> argparse.ArgumentParser:
                     help="show the ruleset for this backend instead of pinning.backend")
     sp = add("apply", help="install or update the pinning; safe to repeat")
     sp.add_argument("-q", "--quiet", action="store_true")
+    _json_flag(sp)
     for verb, what in (("up", "came up"), ("down", "is going away")):
         sp = add(verb, help=f"hook entry: interface IFACE {what}")
         sp.add_argument("iface", metavar="IFACE")
-    sp = add("status", help="what is pinned where; exit 3 when the kernel differs")
-    sp.add_argument("--json", action="store_true")
+        _json_flag(sp)
+    sp = add("status", help="uplinks in config order: state and since when, health, tier, "
+             "weight, share of new connections, pinned connections; where new connections go "
+             "now; exit 3 when the kernel differs from the plan")
+    out = sp.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="the same as JSON (docs/json.md)")
+    out.add_argument("--nagios", action="store_true",
+                     help="one line for monitoring (Nagios/Icinga plugin convention): exit 0 OK, "
+                     "1 WARNING (an uplink is down or dead but new connections still have a "
+                     "live one; the kernel differs from the plan; a conflict; the daemon "
+                     "failing or, with check, not running), 2 CRITICAL (no live uplink, or "
+                     "connpin's ruleset is not installed), 3 UNKNOWN (bad config, no root, "
+                     "status unreadable)")
+    sp.add_argument("-v", "--verbose", action="store_true",
+                    help="every uplink's reason, mark, table, rule, route, IPv6, health per "
+                    "target and pinned bytes")
     sp = add("check", help="what on this machine collides with connpin's mark bits, rule "
              "priorities, tables (read-only); exit 2 on conflicts")
     sp.add_argument("--json", action="store_true")
@@ -78,10 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--idle", type=int, metavar="SECONDS",
                     help="only connections idle for at least this long")
     sp.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    _json_flag(sp)
     sp = add("sweep", help="flush the busy connections failback = \"flush-idle\" left, "
              "as they go idle (started by `up` when needed)")
     sp.add_argument("--follow", action="store_true", help="keep going until none is left")
-    add("remove", help="remove everything connpin installed")
+    _json_flag(sp)
+    _json_flag(add("remove", help="remove everything connpin installed"))
     wp = add("watch", help="daemon: follow the kernel's uplink events (no hooks needed)")
     wp.add_argument("-v", "--verbose", action="store_true", help="log every event and resync")
     wp.add_argument("--resync", type=_seconds, default=60.0, metavar="SECONDS",
@@ -95,12 +129,46 @@ def _parser() -> argparse.ArgumentParser:
     hp.add_argument("--systemd", action="store_true",
                     help="systemd unit running `connpin watch` (instead of hooks)")
     hp.add_argument("--root", default="/", help="install under this directory (default /)")
+    _json_flag(hp)
+    ip = add("init", help="print (or write with -o) a commented starter config from this "
+             "machine's default routes and PPP peers")
+    ip.add_argument("-o", "--output", metavar="FILE", default="-",
+                    help="write the config to FILE (default -: standard output)")
+    ip.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    ip.add_argument("--ppp-peers", metavar="DIR", default="/etc/ppp/peers",
+                    help="where pppd's peer files are (default /etc/ppp/peers)")
+    _json_flag(ip)
     lp = add("lab", help="a network lab in namespaces: demo, up, down, exec")
     lp.add_argument("args", nargs=argparse.REMAINDER)
     from connpin.ha import cli as ha_cli
 
     ha_cli.add_parser(add, common)
     return p
+
+
+def _command_in(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """The subcommand a usage error is about: the parser's, else the first word naming one."""
+    sub = parser.prog.partition(" ")[2]
+    if sub:
+        return sub
+    names = {n for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+             for n in a.choices}
+    return next((a for a in argv if a in names), None)
+
+
+def _json_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--json", action="store_true",
+                    help="print one JSON document (schema 1, docs/json.md), errors included")
+
+
+def _json(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "json", False))
+
+
+def _fail(args: argparse.Namespace, kind: str, message: str, **fields: Any) -> None:
+    """Under --json, the failure document on stdout (stderr says it in text either way)."""
+    if _json(args):
+        jsonout.emit(jsonout.failure(args.command, kind, message, **fields))
 
 
 def _seconds(text: str) -> float:
@@ -128,20 +196,35 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = _parser().parse_args(argv)
+    except _ArgError as e:  # what argparse prints, and under --json the document too
+        e.parser.print_usage(sys.stderr)
+        sys.stderr.write(f"{e.parser.prog}: error: {e.message}\n")
+        if "--json" in argv:
+            jsonout.emit(jsonout.failure(_command_in(e.parser, argv), "usage", e.message))
+        return EXIT_CONFIG
     except SystemExit as e:
         return EXIT_CONFIG if e.code not in (0, None) else 0
+    if getattr(args, "nagios", False):
+        from connpin import status_cli
+
+        return status_cli.nagios_guard(args, _dispatch)
     try:
         return _dispatch(args)
     except model.ConfigError as e:
         print(f"connpin: {e}", file=sys.stderr)
+        if _json(args):
+            jsonout.emit(jsonout.config_failure(args.command, e))
         return EXIT_CONFIG
     except Usage as e:
         print(f"connpin {args.command}: {e}", file=sys.stderr)
+        _fail(args, "usage", str(e))
         return EXIT_CONFIG
     except PermissionError as e:
         print(f"connpin {args.command}: {e}", file=sys.stderr)
+        _fail(args, "root", str(e))
         return EXIT_ROOT
     except KeyboardInterrupt:
+        _fail(args, "interrupted", "interrupted")
         return 130
     except Exception as e:  # noqa: BLE001 - runtime failures get one clear line
         from connpin.kernel.state import LockTimeout
@@ -151,9 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, LockTimeout | ToolFailure):  # their message says it all: one line
             text = "; ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
             print(f"connpin {args.command}: {text}", file=sys.stderr)
+            _fail(args, "runtime", text)
             return EXIT_FAIL
         kind = "" if isinstance(e, ApplyError) else f"{type(e).__name__}: "
         print(f"connpin {args.command}: failed: {kind}{e}", file=sys.stderr)
+        _fail(args, "runtime", f"failed: {kind}{e}")
         return EXIT_FAIL
 
 
@@ -163,13 +248,23 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return lab_run(args.args)
     if args.command == "hooks":
-        return _hooks(args)
+        from connpin import hooks_cli
+
+        return hooks_cli.run(args)
+    if args.command == "init":
+        from connpin import init
+
+        return init.run(args)
     if args.command in ("up", "down") and not model.valid_ifname(args.iface):
         raise Usage(f"{args.iface!r} is not a valid interface name")
     config = model.load(_config_path(args))
     if args.command in ("up", "down") and config.match(args.iface) is None:
-        print(f"connpin {args.command}: {args.iface} is not an uplink in {config.path}; "
-              "nothing to do")
+        text = f"{args.iface} is not an uplink in {config.path}; nothing to do"
+        if _json(args):
+            jsonout.emit(jsonout.document(args.command, interface=args.iface, uplink=None,
+                                          changes=[], message=text))
+        else:
+            print(f"connpin {args.command}: {text}")
         return 0
     if args.command == "plan" and getattr(args, "backend", None):
         from dataclasses import replace
@@ -200,23 +295,29 @@ def _dispatch(args: argparse.Namespace) -> int:
         except netns.NetnsError as e:
             raise Usage(str(e)) from None
     if args.command == "status":
-        return _status(config, args)
+        from connpin import status_cli
+
+        return status_cli.run(config, args, _conflicts(config), EXIT_DRIFT)
     if args.command == "check":
         return _check(config, args)
     if args.command == "ha":
         from connpin.ha import cli as ha_cli
 
         return ha_cli.run(config, args)
+    adopted: list[str] = []
     if args.command in ("apply", "remove"):  # rules/routes of an older connpin (no protocol)
         from connpin.kernel import upgrade
 
-        for line in upgrade.restamp(config):
+        adopted = upgrade.restamp(config)
+        for line in [] if _json(args) else adopted:
             print(f"connpin {args.command}: adopted (installed by an older connpin): {line}")
     if args.command == "apply" and (refused := _conflicts(config, blocking=True)):
         for c in refused:
             print(f"connpin apply: conflict: {c}", file=sys.stderr)
         print("connpin apply: nothing changed (see `connpin check`, docs/coexistence.md)",
               file=sys.stderr)
+        _fail(args, "conflict", "nothing changed (see `connpin check`, docs/coexistence.md)",
+              conflicts=[c.as_dict() for c in refused], adopted=adopted)
         return EXIT_CONFIG
     if args.command in ("connections", "flush"):
         from connpin import pinned_cli
@@ -226,7 +327,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _sweep(config, args)
     if args.command == "watch":
         return _watch(config, args)
-    return _change(config, args)
+    return _change(config, args, adopted)
 
 
 def _watch(config: model.Config, args: argparse.Namespace) -> int:
@@ -235,7 +336,7 @@ def _watch(config: model.Config, args: argparse.Namespace) -> int:
     return watch.run(_config_path(args), config, verbose=args.verbose, resync=args.resync)
 
 
-def _change(config: model.Config, args: argparse.Namespace) -> int:
+def _change(config: model.Config, args: argparse.Namespace, adopted: list[str]) -> int:
     """plan --live, apply, up, down, remove: one converge under the namespace's lock."""
     from connpin import engine
 
@@ -246,19 +347,22 @@ def _change(config: model.Config, args: argparse.Namespace) -> int:
         from connpin.kernel import inventory
 
         if inventory.foreign_table(config):
-            print(f"connpin {cmd}: conflict: nft table inet {config.pinning.nft_table} was not "
-                  "created by connpin; nothing changed (choose another pinning.nft_table)",
-                  file=sys.stderr)
+            text = (f"nft table inet {config.pinning.nft_table} was not created by connpin; "
+                    "nothing changed (choose another pinning.nft_table)")
+            print(f"connpin {cmd}: conflict: {text}", file=sys.stderr)
+            _fail(args, "conflict", text, adopted=adopted)
             return EXIT_CONFIG
     going_down = frozenset({args.iface}) if cmd == "down" else frozenset()
     # CONNPIN_DEAD=name,...: uplinks taken as dead (tests, until the daemon tracks health)
     dead = frozenset(n for n in os.environ.get("CONNPIN_DEAD", "").split(",") if n)
     out = engine.converge(config, going_down=going_down, remove=cmd == "remove", dead=dead)
     result, left, ms = out.result, out.left, out.ms
-    for note in out.notes:
+    for note in [] if _json(args) else out.notes:
         print(f"connpin {cmd}: {note}")
     if out.notes and engine.pending():
         _spawn_sweeper(config)
+    if _json(args):
+        return _change_json(args, adopted, out)
     quiet = getattr(args, "quiet", False)
     for step in result.steps:
         if not quiet:
@@ -275,6 +379,27 @@ def _change(config: model.Config, args: argparse.Namespace) -> int:
         print(f"connpin {what}: {n} change{'s' if n != 1 else ''}, verified ({ms:.0f} ms)"
               if n else f"connpin {what}: nothing to change, kernel matches the plan "
               f"({ms:.0f} ms)")
+    return 0
+
+
+def _change_json(args: argparse.Namespace, adopted: list[str], out: Any) -> int:
+    """apply, up, down, remove under --json: what changed, or what still differs (exit 1)."""
+    fields: dict[str, Any] = {"interface": args.iface} if args.command in ("up", "down") else {}
+    if args.command in ("apply", "remove"):
+        fields["adopted"] = adopted
+    fields.update(notes=out.notes, changes=[str(s) for s in out.result.steps],
+                  ms=round(out.ms, 1))
+    if out.left:
+        what = f"{args.command} {args.iface}" if args.command in ("up", "down") else args.command
+        print(f"connpin {what}: kernel still differs from the plan after applying:",
+              file=sys.stderr)
+        for step in out.left:
+            print(f"  needs: {step}", file=sys.stderr)
+        jsonout.emit(jsonout.failure(args.command, "verify", "kernel still differs from the "
+                                     "plan after applying", needs=[str(s) for s in out.left],
+                                     **fields))
+        return EXIT_FAIL
+    jsonout.emit(jsonout.document(args.command, **fields, verified=True))
     return 0
 
 
@@ -301,7 +426,10 @@ def _sweep(config: model.Config, args: argparse.Namespace) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        print("connpin sweep: another sweep is running in this namespace")
+        if _json(args):
+            jsonout.emit(jsonout.document("sweep", flushed=0, running_elsewhere=True))
+        else:
+            print("connpin sweep: another sweep is running in this namespace")
         return 0
     try:
         total = 0
@@ -309,7 +437,10 @@ def _sweep(config: model.Config, args: argparse.Namespace) -> int:
             total += n
             if not args.follow:
                 break
-        print(f"connpin sweep: {total} idle connection(s) flushed")
+        if _json(args):
+            jsonout.emit(jsonout.document("sweep", flushed=total, running_elsewhere=False))
+        else:
+            print(f"connpin sweep: {total} idle connection(s) flushed")
         return 0
     finally:
         os.close(fd)
@@ -320,34 +451,10 @@ def _plan(config: model.Config, result: Any, args: argparse.Namespace) -> int:
 
     live = getattr(args, "live", False)
     if args.json:
-        print(json.dumps(render_plan.as_dict(config, result, live), indent=2))
+        jsonout.emit(jsonout.document("plan", **render_plan.as_dict(config, result, live)))
     else:
         sys.stdout.write(render_plan.text(config, result, live))
     return 0
-
-
-def _status(config: model.Config, args: argparse.Namespace) -> int:
-    from connpin import engine, pins
-    from connpin.render import status as render_status
-
-    result = engine.observe(config)
-
-    pinned = {c.interface: (c.connections, c.bytes)
-              for c in pins.counts(config, result.desired.uplinks)}
-    report = render_status.build(config, result, pinned)
-    from connpin.watch import record
-
-    found = _conflicts(config)  # e.g. another tool started after connpin
-    report["conflicts"] = [c.as_dict() for c in found]
-    report["watch"] = record.load()  # the daemon's own word: a failure that persists
-    render_status.add_health(report, report["watch"])  # and, with `check`, uplinks' health
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        sys.stdout.write(render_status.text(report) + record.text(report["watch"]))
-        for c in found:
-            print(f"conflict: {c}")
-    return 0 if report["in_place"] and not any(not c.allowed for c in found) else EXIT_DRIFT
 
 
 def _conflicts(config: model.Config, blocking: bool = False) -> list[Any]:
@@ -366,7 +473,8 @@ def _check(config: model.Config, args: argparse.Namespace) -> int:
     from connpin.ha import peer
 
     if args.json:
-        print(json.dumps({**report.as_dict(), "fingerprint": peer.fingerprint(config)}, indent=2))
+        jsonout.emit(jsonout.document("check", **report.as_dict(),
+                                      fingerprint=peer.fingerprint(config)))
     else:
         for line in report.lines():
             print(line)
@@ -379,24 +487,3 @@ def _check(config: model.Config, args: argparse.Namespace) -> int:
     if conflicts.blocking(report.found):
         return EXIT_CONFIG
     return EXIT_ROOT if report.unread else 0
-
-
-def _hooks(args: argparse.Namespace) -> int:
-    from connpin import hooks
-
-    kinds = [k for k in ("ppp", "networkmanager", "networkd", "ifupdown", "systemd")
-             if getattr(args, k)]
-    if not kinds:
-        raise Usage("say which: --ppp, --networkmanager, --networkd, --ifupdown and/or --systemd")
-    if args.action == "install":
-        config = args.config or os.environ.get("CONNPIN_CONFIG")
-        if config:
-            model.load(config)  # refuse to install hooks for a config that would not load
-        for path in hooks.install(kinds, args.root, config):
-            print(f"installed {path}")
-        if "systemd" in kinds:
-            print(f"start it: {hooks.SYSTEMD_START}")
-    else:
-        for path in hooks.remove(kinds, args.root):
-            print(f"removed {path}")
-    return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -11,6 +10,7 @@ from connpin import pins
 from connpin.errors import UnknownUplink, Usage
 from connpin.kernel import conntrack as ct
 from connpin.model import Config
+from connpin.render import jsonout
 from connpin.render.columns import columns
 from connpin.values import UplinkState
 
@@ -68,7 +68,7 @@ def connections(config: Config, args: argparse.Namespace) -> int:
             groups.append({"uplink": s.uplink, "interface": s.interface, "up": s.up,
                            "mark": f"{s.slot.mark:#010x}", "connections": rows})
     if args.json:
-        print(json.dumps(groups, indent=2))
+        jsonout.emit(jsonout.document("connections", uplinks=groups))
         return 0
     out = sys.stdout
     for g in groups:
@@ -98,7 +98,8 @@ def flush(config: Config, args: argparse.Namespace) -> int:
     states, observed = _uplinks(config)
     chosen = _pick(config, states, args.uplink)
     table = ct.timeouts()
-    total = 0
+    total, rows = 0, []
+    verb = "would flush" if args.dry_run else "flushed"
     with ct.Conntrack() as c:
         for s in chosen:
             mark, mask = s.slot.mark, config.pinning.mark_mask
@@ -111,12 +112,18 @@ def flush(config: Config, args: argparse.Namespace) -> int:
                 picked = pins.select(entries, idle=args.idle, timeouts=table)
                 have, n = len(entries), len(picked) if args.dry_run else c.delete(picked)
             total += n
-            idle = f" idle >= {args.idle}s" if args.idle is not None else ""
-            verb = "would flush" if args.dry_run else "flushed"
-            print(f"{s.uplink} ({s.interface}): {verb} {n} of {have} "
-                  f"pinned connection{'s' if have != 1 else ''}{idle}")
+            rows.append({"uplink": s.uplink, "interface": s.interface,
+                         "mark": f"{s.slot.mark:#010x}", "pinned": have, "flushed": n})
+    if args.json:
+        jsonout.emit(jsonout.document("flush", dry_run=args.dry_run, idle=args.idle,
+                                      uplinks=rows, flushed=total))
+        return 0
+    idle = f" idle >= {args.idle}s" if args.idle is not None else ""
+    for r in rows:
+        print(f"{r['uplink']} ({r['interface']}): {verb} {r['flushed']} of {r['pinned']} "
+              f"pinned connection{'s' if r['pinned'] != 1 else ''}{idle}")
     if len(chosen) > 1:
-        print(f"{'would flush' if args.dry_run else 'flushed'} {total} in all")
+        print(f"{verb} {total} in all")
     return 0
 
 

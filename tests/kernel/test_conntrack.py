@@ -82,7 +82,7 @@ def test_status_counts_and_connections_listing() -> None:
         assert "pinned" in lab.connpin("status").stdout.splitlines()[0]
         m = marks(lab)
         assert len(ct_list(lab, m["isp1"], 0xFF000000)) == 2
-        groups = json.loads(lab.connpin("connections", "--json").stdout)
+        groups = json.loads(lab.connpin("connections", "--json").stdout)["uplinks"]
         by = {g["uplink"]: g["connections"] for g in groups}
         assert [c["direction"] for c in by["isp2"]] == ["in", "in"], "forwarded, to the router"
         assert sorted(str(c["nat"]) for c in by["isp2"]) == ["10.77.0.2", "None"], \

@@ -10,18 +10,17 @@ with deadlines; the detection-time distribution and the 10-minute soak are in be
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 
-from connpin.health.monitor import Monitor
 from connpin.health.probe import Prober, Result, Via
 from connpin.health.targets import parse, parse_all
 from connpin.health.tracker import ALIVE, DEAD, Params, Tracker, Transition
 from connpin.lab import Lab, faults
+from connpin.lab.monitoring import Recorder
 
 pytestmark = [
     pytest.mark.kernel,
@@ -90,52 +89,27 @@ def test_probes_by_mark_follow_the_marks_ip_rule() -> None:
         assert all(r.rtt is None for r in got.values()), got
 
 
-class Watch:
+class Watch(Recorder):
     """A Monitor running in a thread over the lab's uplinks; transitions kept in order."""
 
     def __init__(self, lab: Lab, params: Params | None = None):
-        self.prober = Prober(lab.ns("router"))
-        self.monitor = Monitor(self.prober, Tracker(params))
+        super().__init__(lab.ns("router"), Tracker(params))
         for k in lab.ks:
             self.monitor.add(k, via(lab, k), TARGETS)
-        self.events: list[Transition] = []
-        self.cond = threading.Condition()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.started = time.monotonic()
 
-    def _run(self) -> None:
-        def note(t: Transition) -> None:
-            with self.cond:
-                self.events.append(t)
-                self.cond.notify_all()
-        self.monitor.run(self.stop, note)
-
-    def wait(self, uplink: int, state: str, timeout: float, after: int = 0) -> Transition:
+    def expect(self, uplink: int, state: str, timeout: float, after: int = 0) -> Transition:
         """The first transition of `uplink` to `state` among events[after:], within timeout."""
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for t in self.events[after:]:
-                    if t.uplink == uplink and t.new == state:
-                        return t
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"uplink {uplink} not {state} within {timeout} s: "
-                                         f"{self.events}")
-                self.cond.wait(left)
+        t = self.wait(uplink, state, time.monotonic() + timeout, after)
+        if t is None:
+            raise AssertionError(f"uplink {uplink} not {state} within {timeout} s: {self.events}")
+        return t
 
 
 @contextmanager
 def watching(lab: Lab, params: Params | None = None) -> Iterator[Watch]:
-    w = Watch(lab, params)
-    w.thread.start()
-    try:
+    with Watch(lab, params) as w:
+        w.start()
         yield w
-    finally:
-        w.stop.set()
-        w.thread.join(5)
-        w.prober.close()
 
 
 def test_blackhole_beyond_the_first_hop_is_dead_within_the_goal_then_recovers() -> None:
@@ -143,20 +117,20 @@ def test_blackhole_beyond_the_first_hop_is_dead_within_the_goal_then_recovers() 
         build(lab)
         with watching(lab) as w:
             for k in lab.ks:
-                w.wait(k, ALIVE, 5)
+                w.expect(k, ALIVE, 5)
             for k in (2, 1):  # a PPP-like and an Ethernet-like ISP (ARP still answered)
                 time.sleep(0.5)  # the uplink has been alive for a while: no flap
                 n = len(w.events)
                 t0 = time.monotonic()
                 faults.blackhole(lab, k)
-                dead = w.wait(k, DEAD, 10, after=n)
+                dead = w.expect(k, DEAD, 10, after=n)
                 assert dead.at - t0 <= GOAL_P99, (dead, dead.at - t0)
                 assert "all 3 targets lost 3 of their last 3 probes" in dead.reason
                 snap = w.monitor.tracker.snapshot(k)
                 assert snap.state == DEAD and all(t.loss and t.loss > 0 for t in snap.targets)
                 t1 = time.monotonic()
                 faults.clear(lab, k)
-                alive = w.wait(k, ALIVE, 10, after=n)
+                alive = w.expect(k, ALIVE, 10, after=n)
                 assert Params().up_after <= alive.at - t1 <= Params().up_after + 2, alive
             assert [(t.uplink, t.new) for t in w.events[2:]] == \
                 [(2, DEAD), (2, ALIVE), (1, DEAD), (1, ALIVE)]
@@ -170,7 +144,7 @@ def test_no_false_failover_at_10_percent_loss_each_way() -> None:
         build(lab)
         with watching(lab) as w:
             for k in lab.ks:
-                w.wait(k, ALIVE, 5)
+                w.expect(k, ALIVE, 5)
                 faults.loss(lab, k, 10)
             end = time.monotonic() + seconds
             with w.cond:

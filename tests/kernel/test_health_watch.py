@@ -24,7 +24,7 @@ printf '%s|%s|%s|%s\\n' "$CONNPIN_UPLINK" "$CONNPIN_OLD" "$CONNPIN_NEW" "$CONNPI
 
 
 def health_of(lab: Lab) -> dict[str, dict]:
-    return {u["uplink"]: u["health"] for u in status(lab)["uplinks"] if "health" in u}
+    return {u["uplink"]: u["health"] for u in status(lab)["uplinks"] if u.get("health")}
 
 
 def wait_health(lab: Lab, want: dict[str, str], daemon: Daemon, timeout: float) -> dict:
@@ -75,7 +75,7 @@ def test_watch_health_blackhole_status_hooks_and_recovery() -> None:
                                    after=n_lines)
             logged = daemon.times[daemon.lines.index(line)] - started
             print(f"\nblackhole -> logged dead {logged:.2f} s, status shows dead {shown:.2f} s")
-            assert got["isp1"]["interface"] == lab.iface(1)
+            assert status(lab)["uplinks"][0]["interface"] == lab.iface(1)
             assert all(t["loss"] > 0 for t in got["isp1"]["targets"])
             assert all(t["rtt_ms"] is not None for t in got["isp2"]["targets"])
             report = status(lab)
@@ -83,7 +83,14 @@ def test_watch_health_blackhole_status_hooks_and_recovery() -> None:
             hooked = wait_lines(out, n_events + 1, 10)[n_events:]
             assert hooked and hooked[0].startswith("isp1|alive|dead|all 3 targets lost"), hooked
             text = lab.connpin("status", check=False).stdout
-            assert re.search(r"^health isp1: dead since \S+ \S+ \(all 3 targets", text, re.M), text
+            row = next(ln for ln in text.splitlines() if ln.startswith("isp1 "))
+            assert row.split()[2] == "dead" and row.split()[4] == "dead", text  # link, health
+            assert re.search(r"^  isp1: dead: all 3 targets", text, re.M), text
+            assert report["uplinks"][0]["state"] == "dead"
+            assert report["uplinks"][0]["health"]["since"] is not None
+            nagios = lab.connpin("status", "--nagios", check=False)
+            assert nagios.returncode == 1, nagios.stdout
+            assert nagios.stdout.startswith("CONNPIN WARNING - 1/2 uplinks live, isp1 dead")
 
             n_lines = len(daemon.lines)
             started = time.monotonic()
@@ -123,6 +130,15 @@ def test_watch_moves_new_connections_off_a_dead_uplink_and_back() -> None:
                     moved = time.monotonic() - started
             print(f"\nblackhole -> first new connection by isp2 {moved:.2f} s")
             assert {lab.uplink_of(lab.connect(timeout=5.0)) for _ in range(5)} == {2}
+            report = status(lab)  # status says where new connections go now, and why
+            default = [c for c in report["new_connections"]["classes"]
+                       if c["class"] == "default" and c["family"] == 4]
+            assert default[0]["tier"] == 2 and [s["uplink"] for s in default[0]["uplinks"]] == [
+                "isp2"], report["new_connections"]
+            assert [(u["uplink"], u["state"], u["tier"], u["weight"]) for u in report[
+                "uplinks"]] == [("isp1", "dead", 1, 1), ("isp2", "up", 2, 1)]
+            text = lab.connpin("status", check=False).stdout
+            assert re.search(r"^  default  ipv4  tier 2  isp2 100%$", text, re.M), text
 
             faults.clear(lab, 1)
             wait_health(lab, {"isp1": "alive"}, daemon, 15)

@@ -297,7 +297,7 @@ def test_v6_ipv4_only_uplink_and_drift_repair() -> None:
         p = lab.connpin("status", check=False)
         assert p.returncode == 3 and "ip -6 rule del" in p.stdout, p.stdout
         lab.connpin("up", "wan2")
-        status = lab.connpin("status").stdout
+        status = lab.connpin("status", "-v").stdout
         assert "no IPv6 default route in main" in status
         assert lab.connect(src="net", dst=lab.address(2), port=7) is not None  # IPv4 still
         table = lab.exec("router", ["ip", "-6", "route", "show", "table", "all"]).stdout

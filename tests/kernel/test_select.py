@@ -10,7 +10,10 @@ through CONNPIN_DEAD (until the daemon feeds the health tracker's verdict).
 
 from __future__ import annotations
 
+import json
 import re
+import socket
+import struct
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,8 +21,12 @@ from contextlib import contextmanager
 
 from helpers import KERNEL
 
+from connpin import alloc
+from connpin.health.probe import SO_MARK
+from connpin.kernel import netns
 from connpin.lab import Lab
 from connpin.lab.echo import EchoServers
+from connpin.model import DEFAULT_MARK_MASK
 
 pytestmark = KERNEL
 
@@ -130,3 +137,89 @@ def test_ipv6_is_chosen_too_and_dead_uplinks_leave_both_families() -> None:
         lab.connpin("apply", env={"CONNPIN_DEAD": "isp1"})
         assert uplinks_of(lab, 60, dst=lab.SERVER6) == Counter({2: 60})
         assert uplinks_of(lab, 60) == Counter({2: 60})
+
+
+def _router_connection(lab: Lab, *, bind: str | None = None, device: str | None = None,
+                       mark: int | None = None) -> tuple[socket.socket | None, str | None]:
+    """A TCP connection the router itself opens to the internet host's echo port (kept open):
+    (the socket, the address the server saw) or (None, None) if it failed."""
+    s = netns.socket_in(lab.ns("router"), socket.AF_INET)
+    try:
+        if device:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
+        if mark:
+            s.setsockopt(socket.SOL_SOCKET, SO_MARK, struct.pack("=I", mark))
+        if bind:
+            s.bind((bind, 0))
+        s.settimeout(3.0)
+        s.connect((lab.SERVER, 7))
+        s.sendall(b"hello\n")
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = s.recv(200)
+            if not chunk:
+                break
+            line += chunk
+        return s, line.decode().split()[-1]
+    except OSError:
+        s.close()
+        return None, None
+
+
+def _pinned_to(lab: Lab, sock: socket.socket) -> str | None:
+    """The uplink connpin pinned the router's connection from `sock` to (by conntrack mark)."""
+    src = "{}:{}".format(*sock.getsockname())
+    for group in json.loads(lab.connpin("connections", "--json").stdout):
+        if any(c["src"] == src for c in group["connections"]):
+            return group["uplink"]
+    return None
+
+
+def _mark(k: int) -> int:
+    return alloc.deposit(k, DEFAULT_MARK_MASK)
+
+
+def test_the_routers_own_connections_follow_the_choice_with_the_right_source() -> None:
+    """isp2 is the best tier, main's default route is isp1's (ppp0, metric 10). The router's own
+    new connections are chosen in `output` and re-routed; masquerade gives them isp2's address
+    even when the socket was bound to isp1's. A marked socket is not chosen (health probes), and
+    a device-bound one stays on its device, pinned to that device's uplink."""
+    tiers = {1: f"priority = 2\nweight = 1\nmark = {_mark(1):#x}",
+             2: f"priority = 1\nweight = 1\nmark = {_mark(2):#x}"}
+    with choosing(lambda lab: config(lab, tiers)) as lab:
+        held = []
+        for how in ({}, {"bind": lab.address(1)}, {"bind": lab.address(2)}):
+            sock, seen = _router_connection(lab, **how)
+            assert sock is not None, how
+            held.append(sock)
+            assert seen == lab.address(2), (how, seen)
+            assert _pinned_to(lab, sock) == "isp2", how
+        sock, seen = _router_connection(lab, mark=_mark(1))
+        assert sock is not None and seen == lab.address(1), "a marked socket is not chosen"
+        held.append(sock)
+        sock, seen = _router_connection(lab, device=lab.iface(1))
+        assert sock is not None and seen == lab.address(1), "bound to ppp0: leaves by ppp0"
+        held.append(sock)
+        assert _pinned_to(lab, sock) == "isp1", "and is pinned to ppp0's uplink"
+        for s in held:
+            s.close()
+
+
+def test_without_masquerade_the_routers_chosen_connections_keep_mains_source() -> None:
+    """What the README says: an uplink without masquerade does not fix the source of the
+    router's own connections chosen onto it, so they leave with the source the main table
+    picked (isp1's) and isp2's anti-spoofing (rp_filter) drops them; a socket bound to isp2's
+    own address is fine."""
+    tiers = {1: "priority = 2\nweight = 1", 2: "priority = 1\nweight = 1"}
+
+    def text_of(lab: Lab) -> str:
+        text = config(lab, tiers)
+        at = text.index('name = "isp2"')
+        return text[:at] + text[at:].replace("masquerade = true", "masquerade = false", 1)
+
+    with choosing(text_of) as lab:
+        sock, seen = _router_connection(lab)
+        assert sock is None and seen is None, "dropped by isp2: the source was isp1's"
+        sock, seen = _router_connection(lab, bind=lab.address(2))
+        assert sock is not None and seen == lab.address(2)
+        sock.close()

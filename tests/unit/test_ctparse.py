@@ -40,16 +40,14 @@ def test_idle_is_the_full_timeout_minus_what_is_left() -> None:
 
 
 def test_status_shows_pinned_counts_and_bytes() -> None:
-    report = {"uplinks": [
-        {"uplink": "a", "interface": "ppp0", "up": True, "state": "up", "mark": "0x1",
-         "table": 1, "rule_in_place": True, "route_in_place": True, "connections": 3,
-         "bytes": 5 << 20},
-        {"uplink": "b", "interface": "ppp1", "up": True, "state": "up", "mark": "0x2",
-         "table": 2, "rule_in_place": True, "route_in_place": True, "connections": 0,
-         "bytes": None}],
-        "patterns_without_interfaces": [], "nft_table": "inet connpin", "nft_in_place": True,
-        "drift": []}
-    text = status.text(report)
+    from connpin import model, reconcile
+    from connpin.render import status_text
+
+    config = model.loads('[[uplink]]\nname = "a"\ninterface = "ppp0"\n'
+                         '[[uplink]]\nname = "b"\ninterface = "ppp1"\n')
+    result = reconcile.run(config, reconcile.Imagined(), effects=False)
+    report = status.build(config, result, {"ppp0": (3, 5 << 20), "ppp1": (0, None)})
+    text = status_text.text(report)
     assert "pinned" in text.splitlines()[0]
     assert "3 (5.0 MiB)" in text and text.splitlines()[2].rstrip().endswith("0")
 

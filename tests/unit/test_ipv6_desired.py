@@ -152,7 +152,10 @@ def test_plan_and_status_show_both_families() -> None:
     rep = status.build(CFG, res)
     b = next(u for u in rep["uplinks"] if u["uplink"] == "isp-b")
     assert b["ipv6"]["up"] is False and b["ipv6"]["rule_in_place"]
-    assert "off (no IPv6 default route in main (IPv4-only))" in status.text(rep)
+    from connpin.render import status_text
+
+    assert "ipv6: off, since: not recorded: no IPv6 default route in main (IPv4-only)" in (
+        status_text.text(rep, verbose=True))
 
 
 def test_ppp_hooks_cover_ipv6_up_and_down(tmp_path) -> None:

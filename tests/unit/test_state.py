@@ -136,3 +136,20 @@ def test_tools_refuse_input_outside_printable_ascii() -> None:
         with pytest.raises(tools.ToolFailure, match="outside printable ASCII"):
             tools.run(argv, stdin)
     assert tools.run(["cat"], "table inet x {\n\tchain c { }\n}\n").returncode == 0
+
+
+def test_since_changes_only_with_the_state_and_bad_entries_are_dropped(capsys) -> None:
+    from types import SimpleNamespace as U
+
+    saved: dict = {}
+    state.note_since(saved, [U(interface="ppp0", up=True, up6=False),
+                             U(interface="ppp1", up=False, up6=False)], now=100.0)
+    assert saved["since"] == {"ppp0": {"4": [True, 100.0], "6": [False, 100.0]},
+                              "ppp1": {"4": [False, 100.0], "6": [False, 100.0]}}
+    state.note_since(saved, [U(interface="ppp0", up=True, up6=True)], now=200.0)
+    assert saved["since"] == {"ppp0": {"4": [True, 100.0], "6": [True, 200.0]}}  # ppp1: gone
+    state.save(saved)
+    assert state.load() == saved
+    _write(json.dumps({"up": ["ppp0"], "since": {"ppp0": {"4": ["yes", 1]}}}))
+    assert state.load() == {"up": ["ppp0"]}
+    assert "when uplinks last changed state" in capsys.readouterr().err

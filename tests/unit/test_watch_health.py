@@ -194,26 +194,37 @@ def test_hooks_directory_from_the_environment(monkeypatch, tmp_path: Path) -> No
 
 
 def test_status_shows_health_from_the_record() -> None:
-    from connpin.render import status
+    from connpin import reconcile
+    from connpin.model import loads
+    from connpin.render import status, status_text
 
-    row = {"up": True, "state": "up", "mark": "0x1", "table": 1, "rule_in_place": True,
-           "route_in_place": True}
-    report = {"uplinks": [{"uplink": "a", "interface": "wan0", **row},
-                          {"uplink": "c", "interface": "wan9", **row}],
-              "patterns_without_interfaces": [], "nft_table": "inet connpin",
-              "nft_in_place": True, "drift": []}
-    figures = {"state": "dead", "since": "2026-12-02 14:31:02", "reason": "all lost",
-               "interface": "wan0",
+    config = loads('[[uplink]]\nname = "a"\ninterface = "wan0"\ncheck = ["icmp:192.0.2.1", '
+                   '"icmp:192.0.2.2"]\n[[uplink]]\nname = "c"\ninterface = "wan9"\n')
+    result = reconcile.run(config, reconcile.Imagined(), effects=False)
+    figures = {"state": "dead", "since": "2026-12-02 14:31:02", "at": 1_796_221_862.0,
+               "reason": "all lost", "interface": "wan0",
                "targets": [{"target": "icmp:192.0.2.1", "rtt_ms": 1.25, "srtt_ms": 1.3,
                             "loss": 0.25, "probes": 8, "lost": 2},
                            {"target": "icmp:192.0.2.2", "rtt_ms": None, "srtt_ms": None,
                             "loss": None, "probes": 0, "lost": 0}]}
-    status.add_health(report, None)
-    assert "health" not in status.text(report)
-    status.add_health(report, {"pid": 1, "health": {"a": figures}})
-    assert report["uplinks"][0]["health"] == figures and "health" not in report["uplinks"][1]
-    assert "health a: dead since 2026-12-02 14:31:02 (all lost); icmp:192.0.2.1 1.25 ms " \
-        "25% loss, icmp:192.0.2.2 -" in status.text(report).splitlines()
+    report = status.build(config, result)
+    assert report["uplinks"][0]["health"] is None
+    text = status_text.text(report).splitlines()
+    assert text[0].split()[4] == "health" and text[1].split()[4] == "-"  # checked, no daemon
+    assert "health: not tracked (`connpin watch` is not running)" in text
+    assert "health not tracked" in status_text.nagios(dict(report, installed=True))[1]
+    report = status.build(config, result, watch={"pid": 1, "health": {"a": figures}},
+                          now=1_796_221_862.0 + 75)
+    a, c = report["uplinks"]
+    assert a["health"]["state"] == "dead" and a["health"]["since"] == "2026-12-02T14:31:02Z"
+    assert a["health"]["targets"][0] == {k: v for k, v in figures["targets"][0].items()}
+    assert a["state"] == "dead" and c["health"] is None and c["state"] == "up"
+    text = status_text.text(report).splitlines()
+    assert text[1].split()[:8] == ["a", "wan0", "dead", "-", "dead", "1m15s", "-", "25%"]
+    assert text[3].startswith("  a: dead: all lost; ")  # (nothing installed: Imagined)
+    verbose = status_text.text(report, verbose=True)
+    assert "  health: dead, since 2026-12-02T14:31:02Z (1m15s ago): all lost" in verbose
+    assert "    icmp:192.0.2.1  1.25 ms  1.3 ms  25%   8       2" in verbose
 
 
 def test_daemon_takes_transitions_logs_hooks_converges_and_records(monkeypatch) -> None:  # noqa: ANN001

@@ -48,6 +48,8 @@ def add_parser(add: Callable[..., argparse.ArgumentParser],
         sp = sub.add_parser(role, parents=[common], help=text)
         sp.add_argument("--dry-run", action="store_true",
                         help="print the steps in order, run nothing (no root)")
+        sp.add_argument("--json", action="store_true",
+                        help="print one JSON document (schema 1, docs/json.md), errors included")
 
 
 def acts(args: argparse.Namespace) -> bool:
@@ -87,13 +89,28 @@ def run(config: Any, args: argparse.Namespace) -> int:
     from connpin.ha import roles
 
     if args.dry_run:
-        for line in roles.plan(ha, cmd).lines():
-            print(line)
+        lines = roles.plan(ha, cmd).lines()
+        if args.json:
+            _emit(cmd, dry_run=True, ok=True, steps=lines)
+        else:
+            for line in lines:
+                print(line)
         return 0
     from connpin.ha import act
 
-    ok = act.carry_out(config, cmd, lambda line: print(f"connpin ha {cmd}: {line}", flush=True))
+    said: list[str] = []
+    say = said.append if args.json else (
+        lambda line: print(f"connpin ha {cmd}: {line}", flush=True))
+    ok = act.carry_out(config, cmd, say)
+    if args.json:
+        _emit(cmd, dry_run=False, ok=ok, steps=said)
     return 0 if ok else 1
+
+
+def _emit(role: str, **fields: Any) -> None:
+    from connpin.render import jsonout
+
+    jsonout.emit(jsonout.document("ha", role=role, **fields))
 
 
 def _write(path: str, text: str) -> None:
@@ -116,10 +133,10 @@ def check_peer(config: Any, args: argparse.Namespace) -> int:
     here_fp, there_fp = peer.fingerprint(config), peer.fingerprint(other)
     found = peer.differences(config, other)
     if getattr(args, "json", False):
-        import json
+        from connpin.render import jsonout
 
-        print(json.dumps({"fingerprint": here_fp, "peer_fingerprint": there_fp,
-                          "differences": found}, indent=2))
+        jsonout.emit(jsonout.document("check", fingerprint=here_fp, peer_fingerprint=there_fp,
+                                      differences=found))
     else:
         for line in found:
             print(f"connpin check: peer differs: {line}")

@@ -176,10 +176,12 @@ class Kernel:
                 "backend": want.backend,
             }
             self.state["up"] = sorted(s.interface for s in want.uplinks if s.up)
+            state.note_since(self.state, want.uplinks)  # when each changed, for status
         else:
             self.state.pop("nft", None)
             self.state.pop("slice", None)
             self.state.pop("up", None)
+            self.state.pop("since", None)
         saved = self.state.get("sysctls", {})
         for key in list(saved):
             if sysctl.read(key) is None:

@@ -118,6 +118,24 @@ class Netlink:
                 best[name] = (metric, r.get_attr("RTA_GATEWAY"))
         return {k: v[1] for k, v in best.items()}
 
+    def main_defaults(self, family: int = 4) -> list[dict]:
+        """main's default routes, each nexthop of a multipath one on its own: interface,
+        gateway, metric, weight (None unless multipath), for `connpin status`."""
+        out = []
+        for r in self.filtered(family, table=MAIN_TABLE):
+            if r["dst_len"] != 0 or r["type"] != RTN_UNICAST:
+                continue
+            metric = r.get_attr("RTA_PRIORITY") or 0
+            hops = r.get_attr("RTA_MULTIPATH")
+            if hops:
+                for h in hops:
+                    out.append({"interface": self._name(h["oif"]), "metric": metric,
+                                "gateway": h.get_attr("RTA_GATEWAY"), "weight": h["hops"] + 1})
+            elif r.get_attr("RTA_OIF") is not None:
+                out.append({"interface": self._name(r.get_attr("RTA_OIF")), "metric": metric,
+                            "gateway": r.get_attr("RTA_GATEWAY"), "weight": None})
+        return out
+
     def inside(self, dumps: list[list], is_uplink) -> tuple[str, ...]:
         """Where connections start on this side: the router's own addresses (local routes) and
         what main routes to an interface that is not an uplink (the LAN, static routes)."""

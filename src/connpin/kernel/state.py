@@ -5,7 +5,8 @@ concurrent runs (hooks, apply, the daemon), with a timeout that names the holder
 decides its content): the sysctl values connpin changed (journaled to disk before the change, so
 `remove` can put them back even after a crash), the slice it last applied (rule and table ranges,
 nft table, backend: so a changed slice is removed under the old values), the uplink interfaces
-that were up (so failback and on_down see transitions) and the ruleset it last verified (hashes,
+that were up (so failback and on_down see transitions) and since when each was up or down
+(`since`, for `connpin status`) and the ruleset it last verified (hashes,
 and the nft generation and listing that spare an `nft list`). A state file that is not valid JSON
 or not of the expected shape is kept aside as state.json.corrupt-TIMESTAMP; what could be read is
 kept and what was lost is said on stderr. Other files in that directory belong to their users
@@ -99,6 +100,28 @@ def _pair(v: Any) -> bool:
     return isinstance(v, list) and len(v) == 2 and all(_int(x) and x >= 0 for x in v)
 
 
+def _since_entry(v: Any) -> bool:
+    """{"4": [up, epoch], "6": [up, epoch]} (either family may be missing)."""
+    return isinstance(v, dict) and set(v) <= {"4", "6"} and all(
+        isinstance(e, list) and len(e) == 2 and isinstance(e[0], bool)
+        and isinstance(e[1], int | float) and not isinstance(e[1], bool) for e in v.values())
+
+
+def note_since(saved: dict, uplinks: Any, now: float | None = None) -> None:
+    """Record in `saved["since"]` when each uplink interface entered its current state, per
+    family (`connpin status` shows it): an entry changes only when the state does, so the time
+    is that of the first converge that saw the change (hooks or the daemon make that the
+    moment it happened). Interfaces no longer known are forgotten."""
+    now = time.time() if now is None else now
+    old = saved.get("since") if isinstance(saved.get("since"), dict) else {}
+    out = {}
+    for st in uplinks:
+        prev = old.get(st.interface) or {}
+        out[st.interface] = {fam: prev[fam] if prev.get(fam, [None])[0] is up else
+                             [up, round(now, 3)] for fam, up in (("4", st.up), ("6", st.up6))}
+    saved["since"] = out
+
+
 def _check(data: Any) -> tuple[dict, list[str]]:
     """The parts of `data` that have the expected shape, and what had to be dropped."""
     if not isinstance(data, dict):
@@ -133,6 +156,12 @@ def _check(data: Any) -> tuple[dict, list[str]]:
             else:
                 lost.append("the slice last committed (what was installed under other "
                             "pinning.* ranges or table name is no longer removed)")
+        elif key == "since":
+            if isinstance(value, dict) and all(isinstance(k, str) and _since_entry(v)
+                                               for k, v in value.items()):
+                out[key] = value
+            else:
+                lost.append("when uplinks last changed state (status shows \"-\" until the next)")
         elif key == "up":
             if isinstance(value, list) and all(isinstance(x, str) for x in value):
                 out[key] = value

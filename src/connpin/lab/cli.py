@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="IPv6 too: delegated prefixes 2001:db8:k::/48, LAN fd00:77::/64")
     dn = sub.add_parser("down", help="remove a kept lab (default: every lab)")
     dn.add_argument("prefix", nargs="?", default="cpl-")
-    sub.add_parser("list", help="the labs present")
+    ls = sub.add_parser("list", help="the labs present")
+    ls.add_argument("--json", action="store_true", help="one JSON document (docs/json.md)")
     e = sub.add_parser("exec", help="run a command in a host of a kept lab")
     e.add_argument("--lab", help="lab prefix (default: the only lab present)")
     e.add_argument("host", help="lan, router, net, isp1, ...")
@@ -65,6 +66,14 @@ def run(argv: list[str]) -> int:
     except SystemExit as e:
         return EXIT_USAGE if e.code not in (0, None) else EXIT_OK
     if args.cmd == "list":
+        if args.json:
+            from connpin.render import jsonout
+
+            states = {p: read_state(p) or {} for p in list_labs()}
+            labs = [{"prefix": p, "uplinks": st.get("uplinks"), "up": st.get("up", [])}
+                    for p, st in states.items()]
+            jsonout.emit(jsonout.document("lab list", labs=labs))
+            return EXIT_OK
         for prefix in list_labs():
             st = read_state(prefix) or {}
             up = ",".join(map(str, st.get("up", []))) or "-"

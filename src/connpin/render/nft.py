@@ -117,6 +117,15 @@ def _choose_rule(mask: int, family: int, output: bool = False) -> str:
             f"{_NOT_CHOSEN} jump choose{family}\n")
 
 
+def _local_pin(family: int, choices: Sequence[Choice]) -> str:
+    """When choosing: the router's own new connection is pinned to the uplink it really leaves
+    by (a socket bound to a device keeps its device whatever the choice said in `output`)."""
+    if not choices:
+        return ""
+    return (f"\t\tmeta nfproto ipv{family} ct state new fib saddr type local "
+            "oifname vmap @uplink_by_iface\n")
+
+
 def body(config: Config, uplinks: Sequence[UplinkState],
          choices: Sequence[Choice] = ()) -> str:
     """The `table inet NAME { ... }` block. `choices` (connpin choosing uplinks): their maps
@@ -189,9 +198,10 @@ def body(config: Config, uplinks: Sequence[UplinkState],
         "\t# first routed out of an uplink: pin the new connection to it (if not pinned yet)\n"
         "\tchain postrouting {\n"
         "\t\ttype filter hook postrouting priority mangle; policy accept;\n"
+        + _local_pin(4, choices) +
         f"\t\tmeta nfproto ipv4 ct state new ct mark and {_hex(mask)} == 0 "
         "oifname vmap @uplink_by_iface\n"
-        + _SKIP6 +
+        + _SKIP6 + _local_pin(6, choices) +
         f"\t\tmeta nfproto ipv6 ct state new ct mark and {_hex(mask)} == 0 "
         "oifname vmap @uplink_by_iface\n"
         "\t}"

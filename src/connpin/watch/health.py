@@ -73,6 +73,7 @@ def snapshot(h: UplinkHealth, interface: str | None, clock: Callable[[], float])
     """One uplink's health as plain JSON values (times as local wall-clock text)."""
     return {
         "state": h.state, "since": _wall(h.since, clock), "reason": h.reason,
+        "at": round(time.time() - (clock() - h.since), 3),  # since, as an epoch (status)
         "interface": interface,
         "targets": [{"target": str(t.target), "rtt_ms": _ms(t.rtt), "srtt_ms": _ms(t.srtt),
                      "loss": None if t.loss is None else round(t.loss, 3),
@@ -256,6 +257,7 @@ class Health:
                for name, spec in self._have.items()}
         for name, (since, reason, state) in self._absent.items():
             out[name] = {"state": state, "since": _wall(since, self.clock), "reason": reason,
+                         "at": round(time.time() - (self.clock() - since), 3),
                          "interface": None, "targets": []}
         return out
 
