@@ -5,7 +5,8 @@ PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
-SYSPKGS := nftables:nft conntrack:conntrack iproute2:ip procps:sysctl iptables:iptables-legacy
+SYSPKGS := nftables:nft conntrack:conntrack iproute2:ip procps:sysctl iptables:iptables-legacy \
+           keepalived:keepalived conntrackd:conntrackd
 BENCHPKGS := iperf3:iperf3
 DEBPKGS := dpkg:dpkg-deb systemd:systemd-analyze
 BENCHSTAMP := $(VENV)/.bench-installed

@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="tell the story without and with connpin")
     d.add_argument("--keep", action="store_true", help="leave the connpin lab running")
     d.add_argument("--uplinks", default="ppp,ppp", help="uplink kinds, e.g. ppp,eth")
+    d.add_argument("--ha", action="store_true",
+                   help="two routers (keepalived, conntrackd): kill the master mid-transfer")
     u = sub.add_parser("up", help="build a lab and leave it running")
     u.add_argument("--uplinks", default="ppp,ppp", help="uplink kinds, e.g. ppp,eth")
     u.add_argument("--masquerade", action="store_true",
@@ -90,6 +92,13 @@ def run(argv: list[str]) -> int:
     if (err := _need_root()) is not None:
         return err
     try:
+        if args.cmd == "demo" and args.ha:
+            if args.keep:
+                print("connpin lab demo: --keep does not go with --ha", file=sys.stderr)
+                return EXIT_USAGE
+            from connpin.lab import ha_demo
+
+            return ha_demo.main()
         if args.cmd == "demo":
             from connpin.lab import demo
 
