@@ -99,5 +99,5 @@ def describe(config: Config) -> list[str]:
             lines.append(f"{u.name} goes down: flush the connections pinned to it")
         if u.on_down == "reset":
             lines.append(f"{u.name} goes down or dead: reset the connections pinned to it (TCP "
-                         "reset, ICMP host unreachable, at the next packet from the inside)")
+                         "reset, ICMP admin-prohibited, at the next packet from the inside)")
     return lines

@@ -287,7 +287,7 @@ def test_reset_chains_reject_the_inside_senders_packets_before_routing() -> None
             f"\t\tct direction original meta mark and {m} == 0 ct mark and {m} @dead_marks "
             "jump dead_reject\n") in text
     assert ("\tchain dead_reject {\n\t\tmeta l4proto tcp reject with tcp reset\n"
-            "\t\treject with icmpx type host-unreachable\n\t}\n}\n") in text
+            "\t\treject with icmpx type admin-prohibited\n\t}\n}\n") in text
 
 
 def test_on_down_reset_is_a_config_value_and_needs_nftables() -> None:

@@ -131,9 +131,11 @@ def _reset_set(marks: Sequence[int]) -> list[str]:
 
 def _reset_chains(mask: int, interfaces: Sequence[str]) -> list[str]:
     """on_down = "reset": a packet sent from the inside (or by the router) in a connection
-    pinned to a mark of @dead_marks is answered with a TCP reset (ICMP host unreachable for
-    other protocols), sent to its sender. Only the original direction of connections that did
-    not arrive on an uplink: connections from the outside are left to time out. Before routing
+    pinned to a mark of @dead_marks is answered with a TCP reset (ICMP admin-prohibited for
+    other protocols: a hard error a connected UDP socket reports, EHOSTUNREACH / EACCES, where
+    host-unreachable is a soft one it ignores), sent to its sender. Only the original direction
+    of connections that did not arrive on an uplink: connections from the outside are left to
+    time out. Before routing
     (prerouting, output before connpin's re-route), so a link that is down resets too. The
     router's packets that already carry a mark of connpin's (health probes, SO_MARK) pass."""
     m = _hex(mask)
@@ -153,7 +155,7 @@ def _reset_chains(mask: int, interfaces: Sequence[str]) -> list[str]:
         "\t}\n"
         "\n\tchain dead_reject {\n"
         "\t\tmeta l4proto tcp reject with tcp reset\n"
-        "\t\treject with icmpx type host-unreachable\n"
+        "\t\treject with icmpx type admin-prohibited\n"
         "\t}"
     ]
 
