@@ -69,16 +69,16 @@ class Sender:
     error and when it came."""
 
     def __init__(self, lab: Lab, src: str = "lan", udp: bool = False,
-                 interval: float = 0.1) -> None:
+                 interval: float = 0.1, dst: str = Lab.SERVER) -> None:
         self.peer: str | None = None
         self.sent = 0
         self.error: OSError | None = None
         self.at: float | None = None
         if udp:
             self.sock = netns.socket_in(lab.ns(src), socket.AF_INET, socket.SOCK_DGRAM)
-            self.sock.connect((Lab.SERVER, UDP_PORT))
+            self.sock.connect((dst, UDP_PORT))
         else:
-            self.sock = open_connection(lab.ns(src), Lab.SERVER, 7, 5.0)
+            self.sock = open_connection(lab.ns(src), dst, 7, 5.0)
             self.sock.sendall(b"hello\n")
             line = b""
             while not line.endswith(b"\n"):
@@ -233,3 +233,37 @@ def test_watch_resets_connections_of_an_uplink_that_died_beyond_its_first_hop() 
             wait_for(lambda: lab.uplink_of(lab.connect(timeout=5.0)) == 1, 10,
                      "new connections back on isp1")
             assert handle(lab) == table
+
+
+def test_a_shared_tier_and_ipv6_update_in_place_and_reset() -> None:
+    """Both uplinks in one tier (1:1, maps of two slices): isp1 dying and reviving are element
+    updates of multi-slice maps; an IPv6 TCP connection pinned to isp1 is reset too."""
+    with Lab(("ppp", "ppp"), ipv6=True) as lab:
+        for k in lab.ks:
+            lab.uplink_up(k)
+        text = config(lab).replace("priority = 2\n", "priority = 1\n")
+        lab.write_config(text)
+        lab.connpin("apply", env={"CONNPIN_DEAD": ""})
+        table = handle(lab)
+        senders: list[Sender] = []
+        try:
+            for _ in range(40):  # a random half of new connections take isp1
+                s = Sender(lab, dst=Lab.SERVER6)
+                senders.append(s)
+                if lab.uplink_of(s.peer) == 1:
+                    break
+            on1 = senders[-1]
+            assert lab.uplink_of(on1.peer) == 1, [s.peer for s in senders]
+            lab.connpin("apply", env={"CONNPIN_DEAD": "isp1"})
+            assert on1.wait_error(5).errno == errno.ECONNRESET, on1.error
+            assert handle(lab) == table and dead_marks(lab) == mark_of(lab, 1)
+            assert {lab.uplink_of(lab.connect(dst=Lab.SERVER6, timeout=5.0))
+                    for _ in range(10)} == {2}
+            lab.connpin("apply", env={"CONNPIN_DEAD": ""})
+            assert handle(lab) == table and dead_marks(lab) == ""
+            wait_for(lambda: lab.uplink_of(lab.connect(timeout=5.0)) == 1, 10,
+                     "a new connection by isp1 again (a random half)")
+            assert all(s.error is None for s in senders if s is not on1)
+        finally:
+            for s in senders:
+                s.close()
