@@ -135,9 +135,9 @@ def _reset_chains(mask: int, interfaces: Sequence[str]) -> list[str]:
     other protocols: a hard error a connected UDP socket reports, EHOSTUNREACH / EACCES, where
     host-unreachable is a soft one it ignores), sent to its sender. Only the original direction
     of connections that did not arrive on an uplink: connections from the outside are left to
-    time out. Before routing
-    (prerouting, output before connpin's re-route), so a link that is down resets too. The
-    router's packets that already carry a mark of connpin's (health probes, SO_MARK) pass."""
+    time out. Before routing (prerouting, output before connpin's re-route), so a link that is
+    down resets too. The router's packets that already carry a mark of connpin's (health
+    probes, SO_MARK) pass."""
     m = _hex(mask)
     dead = f"ct mark and {m} @dead_marks"
     names = ", ".join(f'"{i}"' for i in interfaces)
