@@ -209,10 +209,16 @@ def compute(config: Config, observed: Observed,
     if config.selecting and back != "nftables":
         raise ConfigError(config.path, "pinning.backend", "connpin chooses uplinks (weight, "
                           "[[class]]) only with nftables, and the nft tool is missing")
+    for i, u in enumerate(config.uplinks):
+        if back != "nftables" and u.on_down == "reset":
+            raise ConfigError(config.path, f"uplink[{i}] ({u.name}).on_down", "\"reset\" needs "
+                              "the nftables backend, and the nft tool is missing")
     choices = choice.choices(config, states, 4, dead) + choice.choices(config, states, 6, dead)
+    resets = dead_marks(config, states, observed, going_down, dead)
     return Desired(
         nft_table=config.pinning.nft_table,
-        ruleset=nft.render(config, states, choices) if back == "nftables" else iptables.render(
+        ruleset=nft.render(config, states, choices, resets) if back == "nftables"
+        else iptables.render(
             config, states, ipv6=observed.ipv6 or observed.imagined),
         uplinks=tuple(states),
         rules=tuple(sorted(rules, key=sort_key)),
@@ -222,6 +228,24 @@ def compute(config: Config, observed: Observed,
         table_range=table_range,
         backend=back,
     )
+
+
+def dead_marks(config: Config, states: list[UplinkState], observed: Observed,
+               going_down: frozenset[str], dead: frozenset[str]) -> tuple[int, ...] | None:
+    """on_down = "reset": the marks of the uplink interfaces with it that are dead by their
+    health check, or whose link is down or gone (their pinned connections are reset). None
+    when no uplink has on_down = "reset" (then nothing of it is rendered)."""
+    reset = {u.name for u in config.uplinks if u.on_down == "reset"}
+    if not reset:
+        return None
+    out = set()
+    for st in states:
+        link = observed.links.get(st.interface)
+        down = not observed.imagined and (st.interface in going_down or link is None
+                                          or not link.up)
+        if st.uplink in reset and (down or st.uplink in dead):
+            out.add(st.slot.mark)
+    return tuple(sorted(out))
 
 
 def backend(config: Config, observed: Observed) -> str:

@@ -76,7 +76,7 @@ class Uplink:
     mark: int | None = None  # explicit mark value inside the mask (optional)
     priority: int = 0  # lower is preferred; 0 = not given (parse sets the position in the file)
     failback: str | None = None  # None: pinning.failback
-    on_down: str = "keep"  # keep | flush: this uplink's pinned connections when it goes down
+    on_down: str = "keep"  # keep | flush | reset: its pinned connections when it goes down/dead
     # IPv6: None = like `gateway` (dev for point-to-point, learned from main's IPv6 default route
     # for Ethernet-like uplinks); "auto" = learned; else a static (usually link-local) gateway.
     gateway6: str | None = None
@@ -186,7 +186,7 @@ _UPLINK_KEYS = {f.name for f in fields(Uplink)}
 _UPLINK = {f.name: f.default for f in fields(Uplink) if f.default is not MISSING}
 MAX_WEIGHT = 1000
 FAILBACK = ("keep", "flush", "flush-idle")
-ON_DOWN = ("keep", "flush")
+ON_DOWN = ("keep", "flush", "reset")
 
 
 def load(path: str | Path) -> Config:
@@ -491,3 +491,7 @@ def _check_selection(config: Config) -> None:
     if config.selecting and config.pinning.backend == "iptables":
         raise ConfigError(config.path, "pinning.backend", "\"iptables\" cannot choose uplinks "
                           "(weight, [[class]]): use \"nftables\" or leave those keys out")
+    for i, u in enumerate(config.uplinks):
+        if u.on_down == "reset" and config.pinning.backend == "iptables":
+            raise ConfigError(config.path, f"uplink[{i}] ({u.name}).on_down", "\"reset\" needs "
+                              "the nftables backend (pinning.backend = \"iptables\")")

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from connpin import desired as D
 from connpin.model import Config
+from connpin.render import nft
 
 
 def sha(text: str | None) -> str | None:
@@ -74,6 +75,9 @@ class Installed:
     # connpin's iptables chains when the ruleset now lives elsewhere (the backend changed)
     stale_chains: str | None = None
     up: tuple[str, ...] | None = None  # interfaces last committed as up; None: never applied
+    # the ruleset text (as desired rendered it) that is verified in place: what an update of
+    # elements starts from (None: unknown, the table is replaced as a whole)
+    rendered: str | None = None
 
 
 # The steps: one change to the machine each; `undo` gives the step that puts back what was.
@@ -109,6 +113,19 @@ class Ruleset:
             return "iptables-restore --noflush: replace chains CONNPIN-* (each table at once)"
         what = "delete table" if self.text is None else "replace table"
         return f"nft {what} inet {self.table} (one transaction)"
+
+
+@dataclass(frozen=True)
+class Elements:
+    """Replace the elements of some named maps and sets of connpin's nft table in place, in
+    one transaction (an uplink died or came back): the table, its chains and counters stay."""
+
+    table: str
+    changes: tuple[nft.Change, ...]
+
+    def __str__(self) -> str:
+        what = ", ".join(f"{c.kind} {c.name}" for c in self.changes)
+        return f"nft update elements of {what} in inet {self.table} (one transaction)"
 
 
 class _IpStep:
@@ -156,7 +173,7 @@ class RouteReplace(_RouteStep):
     verb = "replace"
 
 
-Step = SysctlSet | Ruleset | RuleAdd | RuleDel | RouteAdd | RouteDel | RouteReplace
+Step = SysctlSet | Ruleset | Elements | RuleAdd | RuleDel | RouteAdd | RouteDel | RouteReplace
 
 
 def undo(step: Step) -> Step | None:
@@ -176,6 +193,9 @@ def undo(step: Step) -> Step | None:
             return None if prev is None else SysctlSet(key, prev, value)
         case Ruleset(backend, table, text, prev):
             return Ruleset(backend, table, prev, text)
+        case Elements(table, changes):
+            return Elements(table, tuple(c._replace(elements=c.prev, prev=c.elements)
+                                         for c in changes))
     raise TypeError(f"not a step: {step!r}")
 
 
@@ -208,7 +228,9 @@ def diff(want: D.Desired, observed: D.Observed, have: Installed) -> list[Step]:
     if want.ruleset is not None and (
         have.ruleset is None or have.ruleset_in_place != sha(want.ruleset)
     ):
-        steps.append(Ruleset(want.backend, want.nft_table, want.ruleset, have.ruleset))
+        changes = in_place(want, have)
+        steps.append(Elements(want.nft_table, changes) if changes else
+                     Ruleset(want.backend, want.nft_table, want.ruleset, have.ruleset))
 
     have_routes = set(have.routes)
     current = {(r.family, r.table): r for r in have.routes if r.dst == "default"}
@@ -239,6 +261,18 @@ def diff(want: D.Desired, observed: D.Observed, have: Installed) -> list[Step]:
     if have.stale_chains is not None:
         steps.append(Ruleset("iptables", want.nft_table, None, have.stale_chains))
     return steps
+
+
+def in_place(want: D.Desired, have: Installed) -> tuple[nft.Change, ...] | None:
+    """The element changes that turn the installed nft table into the wanted one, when that is
+    all that differs; None when the table must be replaced as a whole: another backend, no
+    table, a table not verified to be what connpin last rendered (changed by someone, or
+    unknown), or any difference beyond the elements of named maps and sets."""
+    if (want.backend != "nftables" or want.ruleset is None or have.ruleset is None
+            or have.rendered is None or have.ruleset_in_place is None
+            or have.ruleset_in_place != sha(have.rendered)):
+        return None
+    return nft.element_changes(have.rendered, want.ruleset) or None
 
 
 @dataclass

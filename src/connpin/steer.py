@@ -97,4 +97,7 @@ def describe(config: Config) -> list[str]:
                          f"pinned to {', '.join(lower)} ({how})")
         if u.on_down == "flush":
             lines.append(f"{u.name} goes down: flush the connections pinned to it")
+        if u.on_down == "reset":
+            lines.append(f"{u.name} goes down or dead: reset the connections pinned to it (TCP "
+                         "reset, ICMP admin-prohibited, at the next packet from the inside)")
     return lines

@@ -118,6 +118,7 @@ class Kernel:
         nst = self.state.get("nft", {})
         in_place = nst.get("ruleset") if listing is not None and R.sha(listing) == nst.get(
             "listing") else None
+        rendered = nst.get("rendered") if in_place is not None else None
         return R.Installed(
             rules=tuple(self.netlink.rules(*scope.rule_ranges, families=scope.families)),
             routes=tuple(self.netlink.routes(*scope.table_ranges, dump=dump, dump6=dump6,
@@ -128,6 +129,7 @@ class Kernel:
             stale_tables=stale,
             stale_chains=stale_chains,
             up=tuple(self.state["up"]) if "up" in self.state else None,
+            rendered=rendered if R.sha(rendered) == in_place else None,
         )
 
     def execute(self, step: R.Step) -> None:
@@ -144,6 +146,9 @@ class Kernel:
                 self.state["nft"] = {}  # re-recorded by committed()
             case R.Ruleset():
                 nftool.run(nft.transaction(step.table, step.text))
+                self.state["nft"] = {}
+            case R.Elements(table, changes):
+                nftool.run(nft.element_script(table, changes))
                 self.state["nft"] = {}
             case R.RuleAdd(rule) | R.RuleDel(rule):
                 self.netlink.rule(step.verb, rule)
@@ -169,6 +174,8 @@ class Kernel:
             self.state["nft"] = {"ruleset": R.sha(want.ruleset), "listing": R.sha(listing)}
             if gen is not None:
                 self.state["nft"].update(gen=gen, table=self._table, text=listing)
+            if want.backend == "nftables":  # what an update of elements starts from
+                self.state["nft"]["rendered"] = want.ruleset
             self.state["slice"] = {
                 "rules": [want.rule_range.start, want.rule_range.stop],
                 "tables": [want.table_range.start, want.table_range.stop],

@@ -138,7 +138,8 @@ def _check(data: Any) -> tuple[dict, list[str]]:
             if good:
                 out[key] = good
         elif key == "nft":
-            fields = {"ruleset": str, "listing": str, "text": str, "table": str, "gen": int}
+            fields = {"ruleset": str, "listing": str, "text": str, "table": str, "gen": int,
+                      "rendered": str}
             if isinstance(value, dict) and all(k in fields and isinstance(v, fields[k])
                                                for k, v in value.items()):
                 out[key] = value

@@ -8,8 +8,9 @@ so each uplink has two tiny chains with constant operands, reached through the m
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from connpin.const import CHOICE_SPACE as SPACE
 from connpin.const import NEVER_PINNED6
@@ -153,6 +154,17 @@ def _counter_objects(uplinks: Sequence[UplinkState]) -> list[str]:
     return out
 
 
+def _reset_set(marks: Sequence[int]) -> list[str]:
+    """on_down = "reset": the set of marks whose connections are reset (its elements change,
+    in place, when an uplink dies, goes down or comes back)."""
+    out = ["\t# on_down = \"reset\": marks of the uplinks that are dead or down now",
+           "\tset dead_marks {\n\t\ttype mark"]
+    if marks:
+        out.append(f"\t\telements = {{ {', '.join(_hex(m) for m in sorted(marks))} }}")
+    out.append("\t}\n")
+    return out
+
+
 def _count_new(config: Config, u: UplinkState) -> str:
     """pin_N's first rule with counters: count a connection when it becomes pinned to N (a
     connection stays `new` until answered: its later packets find the mark already set)."""
@@ -187,10 +199,43 @@ def _count_out_rule(config: Config) -> str:
     return f"\t\tct mark and {_hex(config.pinning.mark_mask)} vmap @count_by_mark\n"
 
 
+def _reset_chains(mask: int, interfaces: Sequence[str]) -> list[str]:
+    """on_down = "reset": a packet sent from the inside (or by the router) in a connection
+    pinned to a mark of @dead_marks is answered with a TCP reset (ICMP admin-prohibited for
+    other protocols: a hard error a connected UDP socket reports, EHOSTUNREACH / EACCES, where
+    host-unreachable is a soft one it ignores), sent to its sender. Only the original direction
+    of connections that did not arrive on an uplink: connections from the outside are left to
+    time out. Before routing (prerouting, output before connpin's re-route), so a link that is
+    down resets too. The router's packets that already carry a mark of connpin's (health
+    probes, SO_MARK) pass."""
+    m = _hex(mask)
+    dead = f"ct mark and {m} @dead_marks"
+    names = ", ".join(f'"{i}"' for i in interfaces)
+    inside = f" iifname != {{ {names} }}" if interfaces else ""
+    return [
+        "\n\t# on_down = \"reset\": connections pinned to a dead or down uplink are reset, at the\n"
+        "\t# next packet the inside host (or the router) sends in them\n"
+        "\tchain dead_in {\n"
+        "\t\ttype filter hook prerouting priority mangle + 1; policy accept;\n"
+        f"\t\tct direction original {dead}{inside} jump dead_reject\n"
+        "\t}\n"
+        "\n\tchain dead_out {\n"
+        "\t\ttype filter hook output priority mangle - 1; policy accept;\n"
+        f"\t\tct direction original meta mark and {m} == 0 {dead} jump dead_reject\n"
+        "\t}\n"
+        "\n\tchain dead_reject {\n"
+        "\t\tmeta l4proto tcp reject with tcp reset\n"
+        "\t\treject with icmpx type admin-prohibited\n"
+        "\t}"
+    ]
+
+
 def body(config: Config, uplinks: Sequence[UplinkState],
-         choices: Sequence[Choice] = ()) -> str:
+         choices: Sequence[Choice] = (), dead_marks: Sequence[int] | None = None) -> str:
     """The `table inet NAME { ... }` block. `choices` (connpin choosing uplinks): their maps
-    and chains, and the rules that jump there for new, unpinned connections from the inside."""
+    and chains, and the rules that jump there for new, unpinned connections from the inside.
+    `dead_marks` (some uplink has on_down = "reset"; None: none has): the marks whose
+    connections are reset (see `_reset_set`)."""
     mask = config.pinning.mark_mask
     keep = _hex(~mask & 0xFFFFFFFF)
     name = config.pinning.nft_table
@@ -222,6 +267,8 @@ def body(config: Config, uplinks: Sequence[UplinkState],
         out += _counter_objects(uplinks)
     out.append("\tset never_pinned6 {\n\t\ttype ipv6_addr\n\t\tflags interval\n"
                f"\t\telements = {{ {', '.join(NEVER_PINNED6)} }}\n\t}}\n")
+    if dead_marks is not None:
+        out += _reset_set(dead_marks)
     for u in uplinks:  # one slot per interface: alloc never gives two the same mark
         out.append(f"\t# {u.uplink} ({u.interface}): {_hex(u.slot.mark)}, table {u.slot.table}")
         out.append(f"\tchain pin_{u.slot.index} {{\n" + _count_new(config, u) +
@@ -296,14 +343,16 @@ def body(config: Config, uplinks: Sequence[UplinkState],
             out.append(f'\t\tiifname "{u.interface}" dnat ip6 prefix to ip6 daddr map '
                        f"{{ {pairs} }}")
         out.append("\t}")
+    if dead_marks is not None:
+        out += _reset_chains(mask, sorted({u.interface for u in uplinks}))
     out.append("}")
     return "\n".join(out) + "\n"
 
 
 def render(config: Config, uplinks: Sequence[UplinkState],
-           choices: Sequence[Choice] = ()) -> str:
+           choices: Sequence[Choice] = (), dead_marks: Sequence[int] | None = None) -> str:
     """The whole ruleset as shown by `plan`."""
-    return HEADER + body(config, uplinks, choices)
+    return HEADER + body(config, uplinks, choices, dead_marks)
 
 
 def transaction(table: str, ruleset: str | None) -> str:
@@ -314,3 +363,71 @@ def transaction(table: str, ruleset: str | None) -> str:
     """
     script = f"table inet {table}\ndelete table inet {table}\n"
     return script + (ruleset or "")
+
+
+# -- in-place element updates -----------------------------------------------------------------
+
+class Change(NamedTuple):
+    """The elements of one named map or set of connpin's table, replaced in place."""
+
+    kind: str  # map | set
+    name: str
+    elements: str  # "{ ... }" as `body` writes it; "" for none
+    prev: str  # what it replaces
+
+
+_BLOCK = re.compile(r"^\t(map|set) (\S+) \{$")
+_ELEMENTS = "\t\telements = "
+
+
+def split_elements(ruleset: str) -> tuple[str, dict[tuple[str, str], str]] | None:
+    """A ruleset `render` wrote -> (its skeleton: the text without the elements of its named
+    maps and sets, {(kind, name): their elements ("{ ... }", "" for none)}). None when the text
+    is not in the shape `body` writes: then it is never updated in place."""
+    lines = ruleset.split("\n")
+    skeleton: list[str] = []
+    elements: dict[tuple[str, str], str] = {}
+    i = 0
+    while i < len(lines):
+        m = _BLOCK.match(lines[i])
+        skeleton.append(lines[i])
+        i += 1
+        if m is None:
+            continue
+        inner: list[str] = []
+        while i < len(lines) and lines[i] != "\t}":
+            inner.append(lines[i])
+            i += 1
+        if i == len(lines) or (m[1], m[2]) in elements:
+            return None
+        at = next((j for j, line in enumerate(inner) if line.startswith(_ELEMENTS)), len(inner))
+        tail = inner[at:]
+        if tail and not (tail[0].startswith(_ELEMENTS + "{ ") and tail[-1].endswith(" }")
+                         and all(line.startswith("\t\t\t") for line in tail[1:])):
+            return None
+        skeleton += inner[:at]
+        elements[(m[1], m[2])] = "\n".join(tail)[len(_ELEMENTS):] if tail else ""
+    return "\n".join(skeleton), elements
+
+
+def element_changes(old: str, new: str) -> tuple[Change, ...] | None:
+    """What turns ruleset `old` into `new` when they differ only in the elements of named maps
+    and sets (the choose maps, dead_marks): those maps and sets with their new elements.
+    None when anything else differs (or either text is not one `render` wrote): then the table
+    is replaced as a whole."""
+    a, b = split_elements(old), split_elements(new)
+    if a is None or b is None or a[0] != b[0] or a[1].keys() != b[1].keys():
+        return None
+    return tuple(Change(kind, name, b[1][kind, name], a[1][kind, name])
+                 for kind, name in b[1] if a[1][kind, name] != b[1][kind, name])
+
+
+def element_script(table: str, changes: Sequence[Change]) -> str:
+    """An `nft -f` script that replaces the elements of some named maps and sets of connpin's
+    table in one transaction: the table, its chains, counters and other objects stay."""
+    out = []
+    for c in changes:
+        out.append(f"flush {c.kind} inet {table} {c.name}")
+        if c.elements:
+            out.append(f"add element inet {table} {c.name} {c.elements}")
+    return "\n".join(out) + "\n"

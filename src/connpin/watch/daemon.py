@@ -290,8 +290,9 @@ class Watcher:
             self.log(f"{name} {iface}: {state} [{events.get(iface) or why}] {cost}")
         if n and not changed and not out.left:
             seen = "; ".join(events.values()) or why
-            self.log(f"repaired {cost}: " + "; ".join(map(str, out.result.steps)) + f" [{seen}]",
-                     WARNING)
+            verb = "applied" if any(k.startswith("health ") for k in events) else "repaired"
+            self.log(f"{verb} {cost}: " + "; ".join(map(str, out.result.steps)) + f" [{seen}]",
+                     INFO if verb == "applied" else WARNING)
         elif self.verbose and not changed and not out.left:
             self.log(f"{why}: nothing to change ({out.ms:.1f} ms)", DEBUG)
         for note in out.notes:
