@@ -397,8 +397,12 @@ def _change(config: model.Config, args: argparse.Namespace, adopted: list[str]) 
             _fail(args, "conflict", text, adopted=adopted)
             return EXIT_CONFIG
     going_down = frozenset({args.iface}) if cmd == "down" else frozenset()
-    # CONNPIN_DEAD=name,...: uplinks taken as dead (tests, until the daemon tracks health)
-    dead = frozenset(n for n in os.environ.get("CONNPIN_DEAD", "").split(",") if n)
+    # the running daemon's dead uplinks (a hook must not put them back into the selection), and
+    # CONNPIN_DEAD=name,...: uplinks taken as dead (tests without a daemon)
+    from connpin.watch import record
+
+    dead = record.dead_now() | frozenset(
+        n for n in os.environ.get("CONNPIN_DEAD", "").split(",") if n)
     out = engine.converge(config, going_down=going_down, remove=cmd == "remove", dead=dead)
     result, left, ms = out.result, out.left, out.ms
     for note in [] if _json(args) else out.notes:

@@ -57,17 +57,23 @@ def converge(config: Config, *, going_down: frozenset[str] = frozenset(),
     return Outcome(result, left, (time.monotonic() - started) * 1000, notes)
 
 
-def observe(config: Config, machine: Any = None) -> reconcile.Result:
+def observe(config: Config, machine: Any = None,
+            dead: frozenset[str] | None = None) -> reconcile.Result:
     """Observe without effects: this machine's desired state, what it holds and the steps an
     apply would take, changing nothing (`status`, `connections`, `flush`, `plan --live`).
-    Takes no lock: it only reads. `machine` defaults to a fresh `Kernel` (closed afterwards)."""
+    Takes no lock: it only reads. `machine` defaults to a fresh `Kernel` (closed afterwards);
+    `dead` defaults to the running daemon's dead uplinks (watch.record.dead_now)."""
+    if dead is None:
+        from connpin.watch import record
+
+        dead = record.dead_now()
     own = machine is None
     if own:
         from connpin.kernel.machine import Kernel
 
         machine = Kernel()
     try:
-        return reconcile.run(config, machine, effects=False)
+        return reconcile.run(config, machine, effects=False, dead=dead)
     finally:
         if own:
             machine.close()

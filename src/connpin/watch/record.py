@@ -43,6 +43,15 @@ def load() -> dict | None:
     return record if isinstance(record, dict) else None
 
 
+def dead_now() -> frozenset[str]:
+    """The uplinks the running daemon found dead (none without a daemon): a hook's converge,
+    `status` and `plan --live` take them as dead too, so they agree with the daemon instead of
+    putting a dead uplink back into the selection until the daemon converges again."""
+    dead = (load() or {}).get("dead") or []
+    return frozenset(n for n in dead if isinstance(n, str)) if isinstance(dead, list) else (
+        frozenset())
+
+
 def text(record: dict | None) -> str:
     """One line for `connpin status` when the daemon is failing, else ""."""
     failing = (record or {}).get("failing")
