@@ -186,11 +186,15 @@ def selection_report(data: dict[tuple[str, str], list[float]], reps: int,
             / statistics.median(data[("conn_rate", "plain")]))
     cpu = (statistics.median(data[("conn_cpu", "plain")])
            / statistics.median(data[("conn_cpu", "select")]))
+    ecmp_cpu = (statistics.median(data[("conn_cpu", "ecmp")])
+                / statistics.median(data[("conn_cpu", "select")]))
     spread = ", ".join(f"{s}: {n}" for s, n in used.items())
     note = (f"Uplinks that carried connections ({spread}) of {SELECT_UPLINKS}. With selection / "
             f"without: new connections/s {rate:.3f}, CPU per connection (inverted) {cpu:.3f} "
             f"(goal: within 5%: {'met' if min(rate, cpu) >= 0.95 else 'NOT met'}; on a busy "
-            "machine the rate swings with other work, the CPU per connection much less).")
+            "machine the rate swings with other work, the CPU per connection much less). "
+            f"CPU per connection, multipath / choosing (both spread over {SELECT_UPLINKS} "
+            f"uplinks; see docs/health.md \"Cost of choosing\"): {ecmp_cpu:.3f}.")
     print(f"\nselection cost\n{text}\n{note}")
     return ("### Cost of connpin choosing: 64 uplinks, 16 classes\n\n"
             f"The same lab: {SELECT_UPLINKS} point-to-point uplinks that all carry traffic; "
@@ -199,7 +203,7 @@ def selection_report(data: dict[tuple[str, str], list[float]], reps: int,
             "ports, so every connection walks all 16 class rules, then the default map), "
             f"{reps} repetition(s) of {SELECT_SECONDS:.0f} s, interleaved (each set-up applied "
             "once, then its saved nft table loaded again before each repetition); median (± "
-            "half the range).\n\n{text}\n{note}\n"), csv_rows
+            f"half the range).\n\n{text}\n{note}\n"), csv_rows
 
 
 def main() -> None:
