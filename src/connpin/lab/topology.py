@@ -156,6 +156,9 @@ class Topology:
         up_ip, net_ip = p.isp_link6(k)
         self.addr6(isp, "up0", up_ip, 64)
         self.addr6("net", isp, net_ip, 64)
+        # IPv6 adds a link's prefix route only once it has carrier (its veth peer up): before
+        # that a route via the peer's address is refused (EINVAL), as seen under load
+        self.wait_operstate([(isp, "up0"), ("net", isp)], timeout=10.0)
         self._ipr[isp].route("add", dst="::/0", gateway=net_ip, family=AF_INET6)
         net.route("add", dst=str(p.delegated(k)), gateway=up_ip, prefsrc=p.SERVER6,
                   family=AF_INET6)
