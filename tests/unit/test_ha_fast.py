@@ -63,3 +63,18 @@ def test_the_fast_path_imports_no_heavy_module() -> None:
             "'connpin.model', 'connpin.engine', 'connpin.cli'))); print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_act_reports_the_early_commit_in_its_place_and_does_not_run_it_again() -> None:
+    from connpin.ha import act, roles
+
+    argv = ("conntrackd", "-C", "/etc/conntrackd/conntrackd.conf", "-c")
+    fast.done = fast.Early(argv, False, " ".join(argv) + ": failed (exit 1, 3 ms): no socket")
+    said: list[str] = []
+    try:
+        assert act._conntrackd(roles.Command(argv, "commit"), said.append) is False
+    finally:
+        left, fast.done = fast.done, None
+    assert left is None, "consumed: reported once"
+    assert said == [" ".join(argv) + ": failed (exit 1, 3 ms): no socket, before connpin's "
+                    "start-up"]

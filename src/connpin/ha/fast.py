@@ -128,7 +128,7 @@ def start(argv: list[str]) -> Early | None:
     docstring). Never raises; None when it did nothing."""
     global done, held
     path = request(argv)
-    if path is None or os.geteuid() != 0 or done is not None:
+    if path is None or os.geteuid() != 0 or done is not None or held is not None:
         return None
     try:
         first = _first_step(path)
@@ -142,8 +142,6 @@ def start(argv: list[str]) -> Early | None:
     done = Early(first, ok, line)
     atexit.register(_leftover)
     return done
-
-
 
 
 def _leftover() -> None:
