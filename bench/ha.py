@@ -8,7 +8,9 @@ the master (SIGKILL of keepalived and conntrackd, then its links down) and measu
 
   takeover   crash -> `connpin ha promote` starts on the backup (VRRP: 3 adverts + skew)
   commit     crash -> the connections are in the backup's kernel table (`conntrackd -c`,
-             after connpin's start-up; polled every 50 ms)
+             which `connpin ha promote` runs before loading the rest of connpin; polled
+             every 50 ms)
+  promote->commit   commit - takeover: connpin's part (Python starting, the commit, the poll)
   gap        the longest time a connection went without a round trip (TCP's retransmission
              back-off included: a retransmission sent during the outage waits 0.2, 0.4, 0.8,
              1.6 s ... before the next one, so the gap ends at the first retransmission after
@@ -98,10 +100,12 @@ def main() -> int:
         def top(key: str, got: list[dict[str, float]] = got) -> str:
             return f"{max(g[key] for g in got):.2f}"
 
+        after = statistics.median(g["commit"] - g["takeover"] for g in got)
         rows.append((f"{adv:g}", len(got), med("takeover"), top("takeover"), med("commit"),
-                     med("gap"), top("gap"),
+                     f"{after:.2f}", med("gap"), top("gap"),
                      f"{sum(int(g['survived']) for g in got)}/{len(got)}"))
-    head = ("advert_int s", "runs", "takeover p50 s", "max s", "commit p50 s", "gap p50 s",
+    head = ("advert_int s", "runs", "takeover p50 s", "max s", "commit p50 s",
+            "promote->commit p50 s", "gap p50 s",
             "gap max s", "connections survived (runs)")
     tab = C.table(head, rows)
     print(tab)
@@ -111,8 +115,11 @@ def main() -> int:
                "uplink; the gap is the worse of the two.\n\n" + tab + "\n")
     ok = all(g["survived"] for got in results.values() for g in got)
     fast = statistics.median(g["gap"] for g in results[0.1]) < 1.0
+    default = statistics.median(g["gap"] for g in results[1.0]) < 3.0
     print("every connection survived:", "yes" if ok else "NO",
-          "| goal gap < 1 s tuned (p50):", "met" if fast else "NOT met")
+          "| goal gap < 1 s tuned (p50):", "met" if fast else "NOT met",
+          "| goal gap < 3 s default (p50):", "met" if default else "NOT met (VRRP alone needs "
+          "3 adverts + skew, 2.6-3.6 s, to notice a dead master)")
     return 0
 
 

@@ -214,6 +214,10 @@ def _need_root(command: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if "promote" in argv:  # `ha promote`: its commit first, before anything slower
+        from connpin.ha import fast
+
+        fast.start(argv)
     try:
         args = _parser().parse_args(argv)
     except _ArgError as e:  # what argparse prints, and under --json the document too

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -112,8 +113,14 @@ def test_promote_commits_marks_and_flushes_only_the_stranded_pins() -> None:
                  10, "the four connections in the router's external cache, with their marks")
         assert not kernel_entries(lab), "the external cache is not injected before promotion"
 
-        p = lab.connpin("ha", "promote", check=False)
+        # as keepalived runs it (inside the namespace, `python -I -m connpin`): the commit runs
+        # before connpin's start-up (connpin.ha.fast), once, reported in its place
+        p = lab.exec("router", [sys.executable, "-I", "-m", "connpin", "-c",
+                                str(lab.config_path), "ha", "promote"], check=False)
         assert p.returncode == 0, p.stdout + p.stderr
+        commits = [ln for ln in p.stdout.splitlines() if f"-C {mine} -c:" in ln]
+        assert len(commits) == 1 and commits[0].endswith("before connpin's start-up"), p.stdout
+        assert p.stdout.splitlines()[0] == commits[0], "the commit is the first step"
         assert "flush stranded: 1 of 1 pinned connection(s)" in p.stdout, p.stdout
         got = kernel_entries(lab)
         assert {s: mk for s, (mk, _) in got.items()} == {

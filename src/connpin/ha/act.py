@@ -3,6 +3,8 @@ of `roles.plan` through `kernel.tools` (timeouts, one-line errors), converge thr
 `engine.converge` (the one reconcile path), and on promotion flush the stranded pinned
 connections when `on_promote = "flush-stranded"`.
 
+`connpin ha promote` through `python -m connpin` has run the commit already, under the lock,
+before connpin's start-up (`fast`): it is reported here in its place and not run again.
 Role changes are serialized by their own lock (keepalived does not wait for one notify command
 before it starts the next); each step is reported as one line with its duration, and a failed
 step does not stop the rest: a router that becomes master must still converge.
@@ -11,40 +13,24 @@ step does not stop the rest: a router that becomes master must still converge.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import re
 import time
 from collections.abc import Callable, Iterator
 
-from connpin.ha import roles
+from connpin.ha import fast, roles
 from connpin.model import Config
 from connpin.values import Observed
 
 #: Seconds a role change waits for the previous one to finish.
 LOCK_TIMEOUT = 60.0
-#: conntrackd's message prefix: "[Wed Dec  2 16:02:20 2026] (pid=10820) "
-_STAMP = re.compile(r"^\[[^]]*\] \(pid=\d+\) ")
 
 
 @contextlib.contextmanager
 def _serialized(timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
-    from connpin.kernel import state
-
-    os.makedirs(state.directory(), mode=0o755, exist_ok=True)
-    fd = os.open(os.path.join(state.directory(), "ha.lock"),
-                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    """The role-change lock: the one `fast.start` already holds in this process, else taken."""
+    fd = fast.held if fast.held is not None else fast.lock(timeout)
+    fast.held = None
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(f"another role change held {state.directory()}/ha.lock "
-                                       f"for {timeout:g} s") from None
-                time.sleep(0.01)
         yield
     finally:
         os.close(fd)
@@ -55,20 +41,14 @@ def _ms(started: float) -> str:
 
 
 def _conntrackd(command: roles.Command, say: Callable[[str], None]) -> bool:
-    from connpin.kernel import tools
-
-    started = time.monotonic()
-    try:
-        ran = tools.run(list(command.argv))
-    except tools.ToolFailure as e:
-        say(f"{command}: failed: {e}")
-        return False
-    if ran.returncode != 0:
-        why = _STAMP.sub("", " ".join((ran.stderr or ran.stdout).split()))[:200] or "no message"
-        say(f"{command}: failed (exit {ran.returncode}, {_ms(started)}): {why}")
-        return False
-    say(f"{command}: ok ({_ms(started)})")
-    return True
+    early = fast.done
+    if early is not None and early.argv == command.argv:  # done before connpin's start-up
+        fast.done = None
+        say(f"{early.line}, before connpin's start-up")
+        return early.ok
+    ok, line = fast.conntrackd(command.argv)
+    say(line)
+    return ok
 
 
 def flush_stranded(config: Config, observed: Observed) -> tuple[int, int]:
