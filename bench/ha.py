@@ -52,13 +52,7 @@ def committed_at(lab: HaLab, stop: threading.Event, out: list[float]) -> None:
 
 def one_run(advert_int: float) -> dict[str, float]:
     with HaLab("shared", advert_int=advert_int) as lab:
-        lab.prefer(2)
-        b = lab.probe(lab.SERVERS[1], name="b")
-        lab.prefer(1)
-        a = lab.probe(lab.SERVERS[0], name="a")
-        for p in (a, b):
-            if not p.wait_rounds(3, 10):
-                raise RuntimeError(f"{p.name} does not flow")
+        a, b = lab.pinned_pair()
         C.wait_for(lambda: lab.ctd("r2", "-e").stdout.count("ESTABLISHED") >= 2, 10,
                    "the backup's conntrackd to hold both connections")
         peers = (a.peer, b.peer)

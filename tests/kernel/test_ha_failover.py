@@ -44,21 +44,6 @@ def assert_gone(lab: HaLab, pids: set[int]) -> None:
     assert not keepalived_or_conntrackd_of(lab.prefix)
 
 
-def pinned_pair(lab: HaLab):
-    """One connection per uplink: `b` opened while uplink 2 was preferred (pinned to it against
-    the current choice), `a` after uplink 1 became preferred again."""
-    lab.prefer(2)
-    b = lab.probe(lab.SERVERS[1], name="b")
-    assert b.wait_rounds(3, 10), "no round trip over uplink 2"
-    lab.prefer(1)
-    a = lab.probe(lab.SERVERS[0], name="a")
-    assert a.wait_rounds(3, 10), "no round trip over uplink 1"
-    assert (lab.uplink_of(a.peer), lab.uplink_of(b.peer)) == (1, 2)
-    assert b.wait_rounds(3, 10), "b stopped after the choice changed"
-    assert lab.uplink_of(b.peer) == 2, "b moved on the master: no pinning"
-    return a, b
-
-
 def synced(lab: HaLab, n: int):
     """The backup's external cache holds `n` established LAN connections, marks included."""
     def check() -> bool:
@@ -76,7 +61,8 @@ def test_a_failover_keeps_every_pinned_connection(advert_int: float) -> None:
         same = lab.connpin("r1", "check", "--peer", str(lab.config("r2")))
         assert "gives the same marks" in same.stdout
         assert lab.connect() == lab.vip(1), "the LAN leaves by uplink 1's virtual address"
-        a, b = pinned_pair(lab)
+        a, b = lab.pinned_pair()
+        assert (lab.uplink_of(a.peer), lab.uplink_of(b.peer)) == (1, 2)
         wait_for(synced(lab, 2), 10, "r2's conntrackd to hold both connections")
         for p in (a, b):
             p.reset_gap()
@@ -109,7 +95,8 @@ def test_a_control_without_conntrackd_no_connection_survives() -> None:
     """The control: the same failover without conntrackd; the new master has no entry for the
     connections (and must not invent one mid-stream), so they stop."""
     with HaLab("shared", advert_int=0.1, sync=False) as lab:
-        a, b = pinned_pair(lab)
+        a, b = lab.pinned_pair()
+        assert (lab.uplink_of(a.peer), lab.uplink_of(b.peer)) == (1, 2)
         died = lab.crash("r1")
         lab.wait_role("r2", "promote", 30, since=died)
         assert lab.connect() == lab.vip(1), "r2 forwards new connections"
@@ -123,7 +110,8 @@ def test_b_own_sessions_fail_fast() -> None:
     are reset by the new master (no hang), and new connections leave from r2's addresses."""
     with HaLab("own", advert_int=0.1) as lab:
         pids = daemon_pids(lab)
-        a, b = pinned_pair(lab)
+        a, b = lab.pinned_pair()
+        assert (lab.uplink_of(a.peer), lab.uplink_of(b.peer)) == (1, 2)
         assert {lab.router_of(a.peer), lab.router_of(b.peer)} == {"r1"}
         wait_for(synced(lab, 2), 10, "r2's conntrackd to hold both connections")
         died = lab.crash("r1")

@@ -220,6 +220,27 @@ class HaLab(HaPlan):
                 ipr.route("replace", dst="0.0.0.0/0", oif=idx, priority=10 if j == k else 20,
                           proto=RTPROT_STATIC, **gw)
 
+    def pinned_pair(self) -> tuple[Probe, Probe]:
+        """One flowing connection per uplink, (a, b): `b` opened while uplink 2 was preferred
+        (pinned to it against the current choice), `a` after uplink 1 became preferred again.
+        The story the failover tests, the demo and bench/ha.py start from; LabError if it does
+        not hold."""
+        self.prefer(2)
+        b = self.probe(self.SERVERS[1], name="b")
+        if not b.wait_rounds(3, 10):
+            raise LabError("no round trip over uplink 2")
+        self.prefer(1)
+        a = self.probe(self.SERVERS[0], name="a")
+        if not a.wait_rounds(3, 10):
+            raise LabError("no round trip over uplink 1")
+        if (self.uplink_of(a.peer), self.uplink_of(b.peer)) != (1, 2):
+            raise LabError(f"connections not one per uplink: a {a.peer}, b {b.peer}")
+        if not b.wait_rounds(3, 10):
+            raise LabError("b stopped after the choice changed")
+        if self.uplink_of(b.peer) != 2:
+            raise LabError("b moved on the master: no pinning")
+        return a, b
+
     # -- daemons ----------------------------------------------------------------------------------
     def path(self, router: str, name: str) -> Path:
         """A router's per-instance file: keepalived.conf, conntrackd.conf, .sock, .lock, ..."""

@@ -49,13 +49,7 @@ def _uplink(lab: HaLab, p: Probe) -> str:
 
 
 def _pinned(lab: HaLab, n: Narrator) -> tuple[Probe, Probe]:
-    lab.prefer(2)
-    b = lab.probe(lab.SERVERS[1], name="b")
-    lab.prefer(1)
-    a = lab.probe(lab.SERVERS[0], name="a")
-    for p in (a, b):
-        if not p.wait_rounds(3, 10):
-            raise LabError(f"connection {p.name} does not flow before the failover")
+    a, b = lab.pinned_pair()
     n.say(f"connection a -> {lab.SERVERS[0]} rides {_uplink(lab, a)}; connection b -> "
           f"{lab.SERVERS[1]}, opened while ISP 2 was preferred, stays pinned to "
           f"{_uplink(lab, b)} (ISP 1 is preferred now)")
