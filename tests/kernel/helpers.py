@@ -24,6 +24,7 @@ from collections.abc import Callable
 import pytest
 
 from connpin.lab import Lab
+from connpin.model import RULE_BAND
 
 #: `pytestmark = KERNEL` in every kernel test module: root and network namespaces needed.
 KERNEL = [
@@ -135,3 +136,9 @@ def foreign_iptables(lab: Lab) -> None:
     flavour = os.environ.get("CONNPIN_IPTABLES") or "iptables"
     for tool in (flavour, flavour.replace("iptables", "ip6tables", 1)):
         lab.exec("router", [f"{tool}-restore", "--noflush"], input=FOREIGN_IPT)
+
+
+def rule_band(lab: Lab, family: int) -> list[str]:
+    """The router's `ip -4|-6 rule` lines in connpin's priority band (10000 + RULE_BAND)."""
+    rules = lab.exec("router", ["ip", f"-{family}", "rule", "show"]).stdout.splitlines()
+    return [r for r in rules if int(r.split(":")[0]) in range(10000, 10000 + RULE_BAND)]
