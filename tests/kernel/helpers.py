@@ -10,6 +10,9 @@ connection may go without a round trip) is generous and tunable:
   is stalled. The probe does a round trip every 0.2 s, and an unpinned connection dies for good
   (reset or dropped: the control tests show the stories fail), so the default only separates
   "flowing" from "dead" on a loaded machine; set it lower (e.g. 1) to hunt brief stalls.
+- `CONNPIN_TEST_FLAPS` (default 10): how often test_pinning's story 4 flaps the other uplink.
+  Each flap is two converges and a kernel round trip or two (seconds each on a loaded machine),
+  so the suite runs 10; the soak is `CONNPIN_TEST_FLAPS=50` (or more) on that one test.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Callable
 import pytest
 
 from connpin.lab import Lab
+from connpin.model import RULE_BAND
 
 #: `pytestmark = KERNEL` in every kernel test module: root and network namespaces needed.
 KERNEL = [
@@ -30,6 +34,9 @@ KERNEL = [
 
 #: A pinned connection must never go this long without a round trip (see the module docstring).
 STALL = float(os.environ.get("CONNPIN_TEST_STALL", "3.0"))
+
+#: Flaps of the other uplink in test_pinning's story 4 (see the module docstring).
+FLAPS = int(os.environ.get("CONNPIN_TEST_FLAPS", "10"))
 
 
 def wait_for(cond: Callable[[], object], timeout: float, what: str,
@@ -129,3 +136,9 @@ def foreign_iptables(lab: Lab) -> None:
     flavour = os.environ.get("CONNPIN_IPTABLES") or "iptables"
     for tool in (flavour, flavour.replace("iptables", "ip6tables", 1)):
         lab.exec("router", [f"{tool}-restore", "--noflush"], input=FOREIGN_IPT)
+
+
+def rule_band(lab: Lab, family: int) -> list[str]:
+    """The router's `ip -4|-6 rule` lines in connpin's priority band (10000 + RULE_BAND)."""
+    rules = lab.exec("router", ["ip", f"-{family}", "rule", "show"]).stdout.splitlines()
+    return [r for r in rules if int(r.split(":")[0]) in range(10000, 10000 + RULE_BAND)]

@@ -11,8 +11,7 @@ import time
 
 from helpers import KERNEL, wait_for
 from pyroute2 import IPRoute
-from test_health_watch import wait_health
-from test_watch import watching
+from test_health_watch import tiered_watch, until_new_by, wait_health
 
 from connpin.health.probe import Prober, Via
 from connpin.health.targets import parse
@@ -68,35 +67,18 @@ def test_a_silent_gateway_still_answers_arp_but_no_ip() -> None:
 
 
 def test_watch_moves_new_connections_off_a_gateway_that_answers_only_arp() -> None:
-    with Lab(("eth", "ppp")) as lab:
-        for k in lab.ks:
-            lab.uplink_up(k)
-        keys = f'check = ["icmp:{Lab.SERVER}", "tcp:{Lab.SERVER}:443"]\nweight = 1'
-        text = lab.default_config(masquerade=True)
-        for k in lab.ks:
-            text = text.replace(f'name = "isp{k}"\n', f'name = "isp{k}"\npriority = {k}\n{keys}\n')
-        lab.write_config(text)
-        with watching(lab) as daemon:
-            wait_health(lab, {"isp1": "alive", "isp2": "alive"}, daemon, 15)
-            assert {lab.uplink_of(lab.connect(timeout=5.0)) for _ in range(5)} == {1}
+    with Lab(("eth", "ppp")) as lab, tiered_watch(lab) as daemon:
 
-            started = time.monotonic()
-            faults.silent_gateway(lab, 1)
-            moved = None
-            while moved is None:
-                assert time.monotonic() - started < MOVE_DEADLINE, \
-                    f"new connections never moved\n{daemon.log}"
-                if lab.uplink_of(lab.connect(timeout=0.3)) == 2:
-                    moved = time.monotonic() - started
-            print(f"\nsilent gateway -> first new connection by isp2 {moved:.2f} s")
-            got = wait_health(lab, {"isp1": "dead", "isp2": "alive"}, daemon, 10)
-            assert all(t["loss"] > 0 for t in got["isp1"]["targets"])
-            assert {lab.uplink_of(lab.connect(timeout=5.0)) for _ in range(5)} == {2}
-            state, mac = neighbour(lab, lab.gateway(1))
-            assert state & NUD_RESOLVED and mac, "the gateway's MAC stayed resolved (ARP)"
+        started = time.monotonic()
+        faults.silent_gateway(lab, 1)
+        moved = until_new_by(lab, 2, started, MOVE_DEADLINE, daemon)
+        print(f"\nsilent gateway -> first new connection by isp2 {moved:.2f} s")
+        got = wait_health(lab, {"isp1": "dead", "isp2": "alive"}, daemon, 10)
+        assert all(t["loss"] > 0 for t in got["isp1"]["targets"])
+        assert {lab.uplink_of(lab.connect(timeout=5.0)) for _ in range(5)} == {2}
+        state, mac = neighbour(lab, lab.gateway(1))
+        assert state & NUD_RESOLVED and mac, "the gateway's MAC stayed resolved (ARP)"
 
-            faults.clear(lab, 1)
-            wait_health(lab, {"isp1": "alive"}, daemon, 15)
-            deadline = time.monotonic() + 10
-            while lab.uplink_of(lab.connect(timeout=5.0)) != 1:
-                assert time.monotonic() < deadline, f"new connections never returned\n{daemon.log}"
+        faults.clear(lab, 1)
+        wait_health(lab, {"isp1": "alive"}, daemon, 15)
+        until_new_by(lab, 1, time.monotonic(), 10, daemon)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from helpers import KERNEL
 from test_watch import Daemon, status, watching
@@ -36,6 +38,36 @@ def wait_health(lab: Lab, want: dict[str, str], daemon: Daemon, timeout: float) 
         if time.monotonic() > deadline:
             raise AssertionError(f"health not {want} after {timeout:g} s: {got}\n{daemon.log}")
         time.sleep(0.05)
+
+
+def tiered_config(lab: Lab) -> None:
+    """Every uplink checked (ICMP and TCP to the lab's server), weight 1, tier = its number."""
+    keys = f'check = ["icmp:{Lab.SERVER}", "tcp:{Lab.SERVER}:443"]\nweight = 1'
+    text = lab.default_config(masquerade=True)
+    for k in lab.ks:
+        text = text.replace(f'name = "isp{k}"\n', f'name = "isp{k}"\npriority = {k}\n{keys}\n')
+    lab.write_config(text)
+
+
+@contextmanager
+def tiered_watch(lab: Lab) -> Iterator[Daemon]:
+    """All uplinks up and tiered (`tiered_config`), the daemon running, every uplink alive and
+    new connections leaving by isp1, the best tier."""
+    for k in lab.ks:
+        lab.uplink_up(k)
+    tiered_config(lab)
+    with watching(lab) as daemon:
+        wait_health(lab, {f"isp{k}": "alive" for k in lab.ks}, daemon, 15)
+        assert {lab.uplink_of(lab.connect(timeout=5.0)) for _ in range(5)} == {1}
+        yield daemon
+
+
+def until_new_by(lab: Lab, k: int, started: float, deadline: float, daemon: Daemon) -> float:
+    """Seconds from `started` until a new LAN connection leaves by uplink `k`."""
+    while lab.uplink_of(lab.connect(timeout=0.3)) != k:
+        assert time.monotonic() - started < deadline, \
+            f"new connections never moved to isp{k}\n{daemon.log}"
+    return time.monotonic() - started
 
 
 def wait_lines(path, count: int, timeout: float) -> list[str]:  # noqa: ANN001
@@ -109,39 +141,23 @@ def test_watch_moves_new_connections_off_a_dead_uplink_and_back() -> None:
     """Health and selection together (issue 14): isp1 is the best tier, isp2 the next. When isp1
     is blackholed beyond its first hop (link up), new connections leave by isp2 once the daemon
     declares it dead; when it recovers they return to isp1 after the stable period."""
-    with Lab(("ppp", "eth")) as lab:
-        for k in lab.ks:
-            lab.uplink_up(k)
-        keys = f'check = ["icmp:{Lab.SERVER}", "tcp:{Lab.SERVER}:443"]\nweight = 1'
-        text = lab.default_config(masquerade=True)
-        for k in lab.ks:
-            text = text.replace(f'name = "isp{k}"\n', f'name = "isp{k}"\npriority = {k}\n{keys}\n')
-        lab.write_config(text)
-        with watching(lab) as daemon:
-            wait_health(lab, {"isp1": "alive", "isp2": "alive"}, daemon, 15)
-            assert {lab.uplink_of(lab.connect(timeout=5.0)) for _ in range(5)} == {1}
+    with Lab(("ppp", "eth")) as lab, tiered_watch(lab) as daemon:
 
-            started = time.monotonic()
-            faults.blackhole(lab, 1)
-            moved = None
-            while moved is None:
-                assert time.monotonic() - started < 15, f"new connections never moved\n{daemon.log}"
-                if lab.uplink_of(lab.connect(timeout=0.3)) == 2:
-                    moved = time.monotonic() - started
-            print(f"\nblackhole -> first new connection by isp2 {moved:.2f} s")
-            assert {lab.uplink_of(lab.connect(timeout=5.0)) for _ in range(5)} == {2}
-            report = status(lab)  # status says where new connections go now, and why
-            default = [c for c in report["new_connections"]["classes"]
-                       if c["class"] == "default" and c["family"] == 4]
-            assert default[0]["tier"] == 2 and [s["uplink"] for s in default[0]["uplinks"]] == [
-                "isp2"], report["new_connections"]
-            assert [(u["uplink"], u["state"], u["tier"], u["weight"]) for u in report[
-                "uplinks"]] == [("isp1", "dead", 1, 1), ("isp2", "up", 2, 1)]
-            text = lab.connpin("status", check=False).stdout
-            assert re.search(r"^  default  ipv4  tier 2  isp2 100%$", text, re.M), text
+        started = time.monotonic()
+        faults.blackhole(lab, 1)
+        moved = until_new_by(lab, 2, started, 15, daemon)
+        print(f"\nblackhole -> first new connection by isp2 {moved:.2f} s")
+        assert {lab.uplink_of(lab.connect(timeout=5.0)) for _ in range(5)} == {2}
+        report = status(lab)  # status says where new connections go now, and why
+        default = [c for c in report["new_connections"]["classes"]
+                   if c["class"] == "default" and c["family"] == 4]
+        assert default[0]["tier"] == 2 and [s["uplink"] for s in default[0]["uplinks"]] == [
+            "isp2"], report["new_connections"]
+        assert [(u["uplink"], u["state"], u["tier"], u["weight"]) for u in report[
+            "uplinks"]] == [("isp1", "dead", 1, 1), ("isp2", "up", 2, 1)]
+        text = lab.connpin("status", check=False).stdout
+        assert re.search(r"^  default  ipv4  tier 2  isp2 100%$", text, re.M), text
 
-            faults.clear(lab, 1)
-            wait_health(lab, {"isp1": "alive"}, daemon, 15)
-            deadline = time.monotonic() + 10
-            while lab.uplink_of(lab.connect(timeout=5.0)) != 1:
-                assert time.monotonic() < deadline, f"new connections never returned\n{daemon.log}"
+        faults.clear(lab, 1)
+        wait_health(lab, {"isp1": "alive"}, daemon, 15)
+        until_new_by(lab, 1, time.monotonic(), 10, daemon)

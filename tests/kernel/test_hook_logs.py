@@ -22,6 +22,7 @@ from helpers import KERNEL
 
 from connpin import hooks
 from connpin.lab import Lab
+from connpin.lab.hookrunner import DHCLIENT_RUN_HOOK
 
 pytestmark = KERNEL
 
@@ -136,19 +137,7 @@ def test_journald_reads_the_daemons_priorities(tmp_path) -> None:
     assert seen == want
 
 
-#: Debian's dhclient-script sources its exit hooks in its own shell (run_hook, abridged).
-DHCLIENT_SCRIPT = """
-run_hook() {
-    local script="$1"
-    local exit_status="$2"
-    if [ -f $script ]; then
-        . $script
-    fi
-    return $exit_status
-}
-interface="$1" reason="$2"
-run_hook "$HOOK" 0
-"""
+DHCLIENT_SCRIPT = DHCLIENT_RUN_HOOK + 'run_hook "$HOOK" 0\n'
 
 
 def test_dhclient_hook_refuses_a_hostile_interface_and_says_so_in_syslog(syslog, tmp_path

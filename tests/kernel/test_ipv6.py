@@ -19,6 +19,7 @@ from helpers import (
     assert_status_ok,
     fails_without_pinning,
     foreign_iptables,
+    rule_band,
     wait_for,
 )
 
@@ -113,8 +114,7 @@ def test_v6_4_pinned_connection_survives_flaps_of_the_other_uplink() -> None:
         finally:
             probe.close()
         assert_status_ok(lab)
-        rules = lab.exec("router", ["ip", "-6", "rule", "show"]).stdout.splitlines()
-        band = [r for r in rules if int(r.split(":")[0]) in range(10000, 10000 + RULE_BAND)]
+        band = rule_band(lab, 6)
         # base rules + the mark tree: one goto node over 2 uplinks, one lookup per live uplink
         assert len(band) == 4 + 1 + 2, band
 

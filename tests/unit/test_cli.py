@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from unit_helpers import run
 
 from connpin import cli
 
@@ -21,12 +22,6 @@ def cfg(tmp_path):
     p = tmp_path / "connpin.toml"
     p.write_text(CONFIG)
     return str(p)
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_plan_needs_no_root(capsys, cfg, monkeypatch) -> None:

@@ -11,19 +11,10 @@ from pathlib import Path
 import pytest
 
 from connpin import cli, hooks
+from connpin.lab.hookrunner import DHCLIENT_RUN_HOOK
 
-#: How Debian's dhclient-script runs exit hooks (run_hook, abridged): sourced, in its shell.
-RUN_HOOK = """
-run_hook() {
-    local script="$1"
-    local exit_status="$2"
-    if [ -f $script ]; then
-        . $script
-    fi
-    return $exit_status
-}
-interface="$1" reason="$2"
-run_hook "$HOOK" 7
+#: dhclient-script running the hook, then saying what it saw after the hook (still its shell).
+RUN_HOOK = DHCLIENT_RUN_HOOK + """run_hook "$HOOK" 7
 echo "status=$? interface=$interface reason=$reason"
 """
 

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from unit_helpers import check_golden
 
 from connpin import model, reconcile
 from connpin.render import plan
@@ -36,12 +37,7 @@ def _render(case: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("case", CASES)
 def test_plan_matches_golden(case: str) -> None:
-    for name, text in _render(case).items():
-        path = GOLDEN / case / name
-        if os.environ.get("UPDATE_GOLDEN"):
-            path.write_text(text)
-        assert path.exists(), f"{path} missing: run with UPDATE_GOLDEN=1"
-        assert text == path.read_text(), f"{case}/{name} differs from golden"
+    check_golden(GOLDEN / case, _render(case))
 
 
 #: Renders every case in a fresh interpreter and prints them as JSON (this file's `_render`).

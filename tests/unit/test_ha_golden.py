@@ -7,11 +7,11 @@ Regenerate after an intended change with `UPDATE_GOLDEN=1`, then review the diff
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from unit_helpers import check_golden
 
 from connpin import model
 from connpin.ha import conntrackd, keepalived, roles
@@ -41,9 +41,4 @@ def test_there_are_cases() -> None:
 
 @pytest.mark.parametrize("case", CASES)
 def test_ha_files_match_golden(case: str) -> None:
-    for name, text in _render(case).items():
-        path = GOLDEN / case / name
-        if os.environ.get("UPDATE_GOLDEN"):
-            path.write_text(text)
-        assert path.exists(), f"{path} missing: run with UPDATE_GOLDEN=1"
-        assert text == path.read_text(), f"{case}/{name} differs from golden"
+    check_golden(GOLDEN / case, _render(case))

@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+from unit_helpers import run
 
 from connpin import cli
 from connpin.fields import ConfigError
@@ -20,12 +21,6 @@ def cfg(tmp_path):
     p = tmp_path / "connpin.toml"
     p.write_text(CONFIG)
     return str(p)
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def doc_of(out: str) -> dict:

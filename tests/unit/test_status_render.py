@@ -10,11 +10,11 @@ Regenerate after an intended change with `UPDATE_GOLDEN=1`, then review the diff
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from unit_helpers import check_golden
 
 from connpin import desired as D
 from connpin import model, reconcile
@@ -91,12 +91,7 @@ def render(case: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("case", CASES)
 def test_status_matches_golden(case: str) -> None:
-    for name, text in render(case).items():
-        path = GOLDEN / case / name
-        if os.environ.get("UPDATE_GOLDEN"):
-            path.write_text(text)
-        assert path.exists(), f"{path} missing: run with UPDATE_GOLDEN=1"
-        assert text == path.read_text(), f"{case}/{name} differs from golden"
+    check_golden(GOLDEN / case, render(case))
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -6,16 +6,11 @@ import socket
 from pathlib import Path
 
 import pytest
+from unit_helpers import run
 
-from connpin import cli, hooks, watch
+from connpin import hooks, watch
 
 ROOT = Path(__file__).parent.parent.parent
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_hooks_install_systemd_writes_the_unit_and_says_how_to_start_it(capsys, tmp_path) -> None:

@@ -18,6 +18,21 @@ from connpin.lab.commands import HOOK_PATH, HookError
 _RUN_PARTS_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 PPP_TTY, PPP_SPEED = "/dev/pts/lab", "115200"
 
+#: How Debian's dhclient-script runs exit hooks (run_hook, abridged): *sourced*, in its own
+#: shell, with $interface and $reason set from the script's arguments; callers append the call,
+#: e.g. `run_hook "$HOOK" 0`.
+DHCLIENT_RUN_HOOK = """
+run_hook() {
+    local script="$1"
+    local exit_status="$2"
+    if [ -f $script ]; then
+        . $script
+    fi
+    return $exit_status
+}
+interface="$1" reason="$2"
+"""
+
 
 @dataclass(frozen=True)
 class HookCall:
