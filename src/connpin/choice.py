@@ -74,8 +74,19 @@ def split(weights: Sequence[tuple[UplinkState, int]], space: int = SPACE) -> tup
     return tuple(out)
 
 
+def dead_key(uplink: str, family: int) -> str:
+    """The entry of a `dead` set for an uplink dead in one family only ("isp1/ipv6"); an
+    uplink's bare name means dead in both (names cannot hold "/")."""
+    return f"{uplink}/ipv{family}"
+
+
+def is_dead(dead: frozenset[str], uplink: str, family: int) -> bool:
+    """Whether `uplink` is dead for new connections of `family` (4 or 6)."""
+    return uplink in dead or dead_key(uplink, family) in dead
+
+
 def _alive(st: UplinkState, family: int, dead: frozenset[str]) -> bool:
-    return (st.up if family == 4 else st.up6) and st.uplink not in dead
+    return (st.up if family == 4 else st.up6) and not is_dead(dead, st.uplink, family)
 
 
 def _applies(cls: Class | None, family: int) -> bool:
