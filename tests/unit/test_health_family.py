@@ -162,3 +162,90 @@ def test_family_only_death_is_detected_within_two_seconds() -> None:
     fast = _detect(["icmp:192.0.2.1", "icmp:192.0.2.2", "icmp:2001:db8::1",
                     "icmp:2001:db8::2"], 6, 30, rate=20.0)
     assert statistics.median(fast) <= 1.0, fast
+
+
+# -- the daemon's side: figures, dead set, hooks, status, metrics ---------------------------------
+
+def _figures() -> dict:
+    """A snapshot of an uplink alive in IPv4 whose IPv6 side is dead (watch.health.snapshot)."""
+    from connpin.watch import health
+
+    tr = Tracker()
+    s = Sim(tr, ALL)  # type: ignore[arg-type]
+    s.round(True)
+    s.rounds(9, V4)
+    return health.snapshot(tr.snapshot("isp1"), "wan1", lambda: s.now)
+
+
+def test_snapshot_and_dead_set_carry_the_family() -> None:
+    from connpin import choice
+
+    snap = _figures()
+    assert snap["state"] == ALIVE and snap["reason"] == "ipv4 alive (ipv6 dead)"
+    assert {f: v["state"] for f, v in snap["families"].items()} == {"ipv4": ALIVE, "ipv6": DEAD}
+    assert choice.dead_of({"isp1": snap}) == {"isp1/ipv6"}
+    assert choice.dead_of({"isp1": {**snap, "state": DEAD}}) == {"isp1"}
+    one = {"state": DEAD, "targets": []}  # checked in one family: no "families"
+    assert choice.dead_of({"a": one, "b": {"state": ALIVE}}) == {"a"}
+    assert choice.is_dead(frozenset({"isp1/ipv6"}), "isp1", 6)
+    assert not choice.is_dead(frozenset({"isp1/ipv6"}), "isp1", 4)
+
+
+def test_hooks_and_log_line_name_the_family(tmp_path) -> None:  # noqa: ANN001
+    from connpin.health.tracker import Transition
+    from connpin.watch import health
+
+    t = Transition("isp1", ALIVE, DEAD, 1.0, "the target lost 9 of its last 9 probes", "ipv6")
+    assert health.transition_line(t) == \
+        "health: isp1 ipv6 alive -> dead (the target lost 9 of its last 9 probes)"
+    out = tmp_path / "out"
+    hook = tmp_path / "10-hook"
+    hook.write_text(f'#!/bin/sh\necho "$CONNPIN_UPLINK $CONNPIN_FAMILY $CONNPIN_NEW" >> {out}\n')
+    hook.chmod(0o755)
+    hooks = health.Hooks(print, str(tmp_path))
+    hooks.run(t)
+    hooks.run(Transition("isp1", ALIVE, DEAD, 2.0, "every family dead"))
+    hooks.close()
+    assert out.read_text().splitlines() == ["isp1 ipv6 dead", "isp1 both dead"]
+
+
+def test_status_shows_a_family_dead_and_keeps_the_other_choosing() -> None:
+    from test_status_render import NOW, load, machine
+
+    from connpin.render import status, status_text
+
+    config = load("long-names")
+    fibre = config.uplinks[0].name
+    m = machine(config, down=set(), dead={f"{fibre}/ipv6"})
+    fig = m["watch"]["health"][fibre]
+    fig["families"] = {"ipv4": {"state": ALIVE, "at": NOW - 754, "reason": "first answer"},
+                       "ipv6": {"state": DEAD, "at": NOW - 60,
+                                "reason": "the target lost 9 of its last 9 probes"}}
+    fig["reason"] = "ipv4 alive (ipv6 dead)"
+    rep = status.build(config, m["result"], m["pinned"], watch=m["watch"], since=m["since"],
+                       counters=m["counters"], main=m["main"], now=NOW)
+    row = rep["uplinks"][0]
+    assert row["state"] == "up" and row["health"]["families"]["ipv6"]["state"] == DEAD
+    assert row["health"]["families"]["ipv6"]["since"] == status.iso(NOW - 60)
+    default = {c["family"]: [s["uplink"] for s in c["uplinks"]]
+               for c in rep["new_connections"]["classes"] if c["class"] == "default"}
+    assert fibre in default[4] and fibre not in default.get(6, [])
+    text = status_text.text(rep)
+    assert "alive/dead6" in text and "ipv6 dead: the target lost 9 of its last 9" in text
+    assert "    ipv6: dead, since" in status_text.text(rep, True)
+
+
+def test_metrics_family_gauge_only_for_uplinks_checked_in_both() -> None:
+    from test_metrics_collector import scrape
+
+    from connpin.metrics import collector
+
+    m = collector.Metrics("connpin", ["isp1", "b"], reader=dict)
+    m.health({"isp1": _figures(), "b": {"state": ALIVE, "targets": []}})
+    got = scrape(m)
+    assert got["connpin_uplink_family_alive"] == {
+        (("family", "ipv4"), ("uplink", "isp1")): 1.0,
+        (("family", "ipv6"), ("uplink", "isp1")): 0.0}
+    assert got["connpin_uplink_alive"][(("uplink", "isp1"),)] == 1.0
+    m.health({"b": {"state": ALIVE, "targets": []}})
+    assert "connpin_uplink_family_alive" not in scrape(m)
