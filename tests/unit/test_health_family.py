@@ -233,6 +233,8 @@ def test_status_shows_a_family_dead_and_keeps_the_other_choosing() -> None:
     text = status_text.text(rep)
     assert "alive/dead6" in text and "ipv6 dead: the target lost 9 of its last 9" in text
     assert "    ipv6: dead, since" in status_text.text(rep, True)
+    code, line = status_text.nagios(rep)
+    assert code == status_text.WARNING and f"{fibre} ipv6 dead" in line, line
 
 
 def test_metrics_family_gauge_only_for_uplinks_checked_in_both() -> None:

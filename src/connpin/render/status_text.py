@@ -288,6 +288,8 @@ def nagios(report: Mapping[str, Any], problems: Sequence[str] = ()) -> tuple[int
     alive = live(report)
     bad = [f"{u['uplink']} {u['state']}" for u in ups if u["state"] != UP]
     bad += [f"{w['uplink']} no interface" for w in report["patterns_without_interfaces"]]
+    bad += [f"{u['uplink']} {f} dead" for u in ups if u["state"] == UP  # one family dead
+            for f, s in _sides(u.get("health") or {}) if s.get("state") == DEAD]
     names = len({u["uplink"] for u in ups}) + len(report["patterns_without_interfaces"])
     if not report.get("installed", True):
         code, summary = CRITICAL, "connpin's ruleset is not installed (connpin apply)"
