@@ -251,3 +251,13 @@ def test_metrics_family_gauge_only_for_uplinks_checked_in_both() -> None:
     assert got["connpin_uplink_alive"][(("uplink", "isp1"),)] == 1.0
     m.health({"b": {"state": ALIVE, "targets": []}})
     assert "connpin_uplink_family_alive" not in scrape(m)
+
+
+def test_no_false_alarm_per_family_on_a_lossy_line() -> None:
+    """10 simulated minutes at 19% probe loss (10% each way): no side dies, budget kept."""
+    p = FakeProber(9, loss=0.19)
+    m = Monitor(p, Tracker(), rng=random.Random(9))  # type: ignore[arg-type]
+    m.add("isp1", Via(device="ppp0"), ALL)
+    ev = run_until(m, p, 600.0)
+    assert [(e.family, e.new) for e in ev] == [("ipv4", ALIVE), (BOTH, ALIVE), ("ipv6", ALIVE)]
+    assert p.packets / 600 <= 10.4  # 10.21: either side's suspect streak starts a burst
