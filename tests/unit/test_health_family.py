@@ -29,6 +29,7 @@ def _events(s: Sim) -> list[tuple[str, str, str]]:
 def test_sides_come_alive_and_the_uplink_with_the_first() -> None:
     tr = Tracker()
     s = Sim(tr, ALL)  # type: ignore[arg-type]
+    assert tr.tick(0.1) == [] and tr.snapshot("isp1").reason == "not probed yet"
     s.round(True)
     assert _events(s) == [("ipv4", UNKNOWN, ALIVE), (BOTH, UNKNOWN, ALIVE),
                           ("ipv6", UNKNOWN, ALIVE)]
@@ -261,3 +262,15 @@ def test_no_false_alarm_per_family_on_a_lossy_line() -> None:
     ev = run_until(m, p, 600.0)
     assert [(e.family, e.new) for e in ev] == [("ipv4", ALIVE), (BOTH, ALIVE), ("ipv6", ALIVE)]
     assert p.packets / 600 <= 10.4  # 10.21: either side's suspect streak starts a burst
+
+
+def test_reset_forgets_both_sides() -> None:
+    tr = Tracker()
+    s = Sim(tr, ALL)  # type: ignore[arg-type]
+    s.round(True)
+    s.rounds(9, V4)
+    ev = tr.reset("isp1", s.now, "ppp0 came back")
+    assert [(e.family, e.old, e.new) for e in ev] == [(BOTH, ALIVE, UNKNOWN)]
+    assert tr.family_states("isp1") == {"ipv4": UNKNOWN, "ipv6": UNKNOWN}
+    tr.tick(s.now + 0.1)
+    assert tr.snapshot("isp1").reason == "ppp0 came back"

@@ -431,6 +431,9 @@ class Tracker:
         if all(st == DEAD for st in states.values()):
             reasons = {s.reason for s in u.sides.values()}
             return DEAD, (reasons.pop() if len(reasons) == 1 else "every family dead")
+        reasons = {s.reason for s in u.sides.values()}
+        if set(states.values()) == {UNKNOWN} and len(reasons) == 1:
+            return UNKNOWN, reasons.pop()  # "not probed yet", a reset's reason
         return UNKNOWN, ", ".join(f"{f} {st}" for f, st in states.items())
 
     # -- figures ----------------------------------------------------------------------------------
