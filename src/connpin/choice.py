@@ -14,8 +14,9 @@ never a rule: a later health change can be one nft transaction of element update
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from connpin.const import CHOICE_SPACE
 from connpin.model import Class, Config
@@ -74,8 +75,37 @@ def split(weights: Sequence[tuple[UplinkState, int]], space: int = SPACE) -> tup
     return tuple(out)
 
 
+def dead_key(uplink: str, family: int) -> str:
+    """The entry of a `dead` set for an uplink dead in one family only ("isp1/ipv6"); an
+    uplink's bare name means dead in both (names cannot hold "/")."""
+    return f"{uplink}/ipv{family}"
+
+
+def is_dead(dead: frozenset[str], uplink: str, family: int) -> bool:
+    """Whether `uplink` is dead for new connections of `family` (4 or 6)."""
+    return uplink in dead or dead_key(uplink, family) in dead
+
+
+def dead_of(figures: Mapping[str, Any]) -> frozenset[str]:
+    """The dead set from the daemon's health figures (uplink -> {"state", "families"?}): the
+    names of dead uplinks, and `dead_key`s of the family sides dead in an uplink still alive."""
+    out: set[str] = set()
+    for name, h in figures.items():
+        if not isinstance(h, Mapping):
+            continue
+        if h.get("state") == "dead":
+            out.add(name)
+            continue
+        families = h.get("families")
+        for fam, side in (families.items() if isinstance(families, Mapping) else ()):
+            if fam in ("ipv4", "ipv6") and isinstance(side, Mapping) and \
+                    side.get("state") == "dead":
+                out.add(f"{name}/{fam}")
+    return frozenset(out)
+
+
 def _alive(st: UplinkState, family: int, dead: frozenset[str]) -> bool:
-    return (st.up if family == 4 else st.up6) and st.uplink not in dead
+    return (st.up if family == 4 else st.up6) and not is_dead(dead, st.uplink, family)
 
 
 def _applies(cls: Class | None, family: int) -> bool:

@@ -231,10 +231,12 @@ def compute(config: Config, observed: Observed,
 
 
 def dead_marks(config: Config, states: list[UplinkState], observed: Observed,
-               going_down: frozenset[str], dead: frozenset[str]) -> tuple[int, ...] | None:
-    """on_down = "reset": the marks of the uplink interfaces with it that are dead by their
-    health check, or whose link is down or gone (their pinned connections are reset). None
-    when no uplink has on_down = "reset" (then nothing of it is rendered)."""
+               going_down: frozenset[str], dead: frozenset[str]
+               ) -> tuple[tuple[int, int], ...] | None:
+    """on_down = "reset": (family, mark) of the uplink interfaces with it that are dead by
+    their health check in that family (`choice.is_dead`), or whose link is down or gone (both
+    families): their pinned connections of that family are reset. None when no uplink has
+    on_down = "reset" (then nothing of it is rendered)."""
     reset = {u.name for u in config.uplinks if u.on_down == "reset"}
     if not reset:
         return None
@@ -243,9 +245,10 @@ def dead_marks(config: Config, states: list[UplinkState], observed: Observed,
         link = observed.links.get(st.interface)
         down = not observed.imagined and (st.interface in going_down or link is None
                                           or not link.up)
-        if st.uplink in reset and (down or st.uplink in dead):
-            out.add(st.slot.mark)
-    return tuple(sorted(out))
+        for family in (4, 6):
+            if st.uplink in reset and (down or choice.is_dead(dead, st.uplink, family)):
+                out.add((family, st.slot.mark))
+    return tuple(sorted(out, key=lambda fm: (fm[1], fm[0])))
 
 
 def backend(config: Config, observed: Observed) -> str:

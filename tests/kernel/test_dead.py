@@ -48,9 +48,12 @@ def handle(lab: Lab) -> int:
 
 
 def dead_marks(lab: Lab) -> str:
+    """The marks in the dead set (`family . mark`): here always dead in both families."""
     out = lab.exec("router", ["nft", "list", "set", "inet", "connpin", "dead_marks"]).stdout
-    m = re.search(r"elements = \{ ([^}]*) \}", out)
-    return m.group(1) if m else ""
+    pairs = re.findall(r"(ipv[46]) \. (0x[0-9a-f]+)", out)
+    marks = sorted({m for _, m in pairs})
+    assert sorted(pairs) == sorted((f, m) for m in marks for f in ("ipv4", "ipv6")), out
+    return ", ".join(marks)
 
 
 def mark_of(lab: Lab, k: int) -> str:

@@ -8,8 +8,9 @@ back after recovery.
 
 The daemon's probes carry the uplink's mark and are bound to its interface; their IPv6 source
 is the kernel's choice for that interface (RFC 6724 rule 5: an address of the outgoing
-interface), which is the uplink's own address. Health is per uplink, not per family: the dead
-uplink leaves both families' selection (docs/health.md).
+interface), which is the uplink's own address. A `check` list of one family decides for the
+whole uplink: here the dead uplink leaves both families' selection; with targets of both
+families each family is judged on its own (tests/kernel/test_family_health.py).
 """
 
 from __future__ import annotations

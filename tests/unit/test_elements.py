@@ -6,7 +6,8 @@ and on_down = "reset" (its dead set, its chains, its config): pure, no kernel.
   place, anything else replaces the table.
 - `reconcile.diff` takes an `Elements` step only from a table verified to be what connpin last
   rendered; `undo` puts the old elements back; `run` rolls it back like any step.
-- `desired.dead_marks`: the marks of reset uplinks that are dead or whose link is down.
+- `desired.dead_marks`: family . mark of reset uplinks that are dead (in that family) or whose
+  link is down.
 """
 
 from __future__ import annotations
@@ -89,17 +90,32 @@ def test_a_dead_uplink_changes_only_the_elements_of_the_choose_maps_and_dead_set
     assert c4.prev == (f"{{ 0-{at - 1} : jump pin_{first[0]},\n"
                        f"\t\t\t{at}-65535 : jump pin_{second[0]} }}")
     assert c4.elements == f"{{ 0-65535 : jump pin_{c} }}"
-    assert changes[2] == nft.Change("set", "dead_marks", f"{{ {mark(RESET, 'fibre'):#010x} }}",
-                                    "")
+    fm = f"{mark(RESET, 'fibre'):#010x}"
+    assert changes[2] == nft.Change("set", "dead_marks", f"{{ ipv4 . {fm}, ipv6 . {fm} }}", "")
     back = nft.element_changes(dead, alive)
     assert back == tuple(c._replace(elements=c.prev, prev=c.elements) for c in changes)
+
+
+def test_a_family_dead_changes_only_that_familys_map_and_dead_elements() -> None:
+    """fibre dead in IPv6 only ("fibre/ipv6", per-family health): IPv6's choice and the IPv6
+    element of the dead set change; IPv4 keeps choosing fibre and its connections live on."""
+    changes = nft.element_changes(ruleset(RESET), ruleset(RESET, "fibre/ipv6"))
+    assert changes is not None
+    assert [(c.kind, c.name) for c in changes] == [("map", "choose6_default"),
+                                                   ("set", "dead_marks")]
+    c = model.exact_marks(RESET)["cable"].index
+    assert changes[0].elements == f"{{ 0-65535 : jump pin_{c} }}"
+    assert changes[1].elements == f"{{ ipv6 . {mark(RESET, 'fibre'):#010x} }}"
+    # dead in both families, said either way, is the same ruleset
+    assert ruleset(RESET, "fibre/ipv4,fibre/ipv6") == ruleset(RESET, "fibre")
 
 
 def test_element_script_is_one_flush_and_add_per_changed_map_or_set() -> None:
     changes = nft.element_changes(ruleset(RESET), ruleset(RESET, "fibre,cable"))
     assert changes is not None
     lte = model.exact_marks(RESET)["lte"].index
-    dead = ", ".join(f"{m:#010x}" for m in sorted(mark(RESET, n) for n in ("fibre", "cable")))
+    dead = ", ".join(f"ipv{f} . {m:#010x}" for m in sorted(mark(RESET, n) for n in
+                                                           ("fibre", "cable")) for f in (4, 6))
     assert nft.element_script("connpin", changes) == (
         "flush map inet connpin choose4_default\n"
         f"add element inet connpin choose4_default {{ 0-65535 : jump pin_{lte} }}\n"
@@ -257,16 +273,25 @@ def observed(**up: bool) -> D.Observed:
 
 def test_dead_marks_are_the_reset_uplinks_dead_or_down() -> None:
     up = observed(wan1=True, wan2=True, wwan0=True)
-    assert D.compute(RESET, up).ruleset.count("set dead_marks {\n\t\ttype mark\n\t}") == 1
+    assert D.compute(RESET, up).ruleset.count(
+        "set dead_marks {\n\t\ttype nf_proto . mark\n\t}") == 1
     f, c = mark(RESET, "fibre"), mark(RESET, "cable")
     states = D.compute(RESET, up).uplinks
 
     def marks(obs: D.Observed, dead: str = "", going: str = "") -> tuple[int, ...] | None:
-        return D.dead_marks(RESET, list(states), obs, frozenset({going} - {""}),
-                            frozenset({dead} - {""}))
+        got = D.dead_marks(RESET, list(states), obs, frozenset({going} - {""}),
+                           frozenset(dead.split(",")) - {""})
+        if got is None:
+            return None
+        both = tuple(m for fam, m in got if fam == 4 and (6, m) in got)
+        assert len(got) == 2 * len(both), got  # these cases: dead in both families
+        return both
 
     assert marks(up) == ()
     assert marks(up, dead="fibre") == (f,)
+    assert marks(up, dead="fibre/ipv4,fibre/ipv6") == (f,)
+    assert D.dead_marks(RESET, list(states), up, frozenset(),
+                        frozenset({"fibre/ipv6"})) == ((6, f),), "dead in IPv6 only"
     assert marks(up, dead="lte") == (), "lte keeps its connections (on_down = keep)"
     assert marks(observed(wan1=True, wan2=False, wwan0=False)) == (c,), "link down"
     assert marks(observed(wan1=True, wwan0=True)) == (c,), "interface gone"
@@ -281,11 +306,11 @@ def test_reset_chains_reject_the_inside_senders_packets_before_routing() -> None
     text = ruleset(RESET, "fibre")
     m = f"{RESET.pinning.mark_mask:#010x}"
     assert (f"\t\ttype filter hook prerouting priority mangle + 1; policy accept;\n"
-            f"\t\tct direction original ct mark and {m} @dead_marks iifname != "
+            f"\t\tct direction original meta nfproto . ct mark and {m} @dead_marks iifname != "
             '{ "wan1", "wan2", "wwan0" } jump dead_reject\n') in text
     assert (f"\t\ttype filter hook output priority mangle - 1; policy accept;\n"
-            f"\t\tct direction original meta mark and {m} == 0 ct mark and {m} @dead_marks "
-            "jump dead_reject\n") in text
+            f"\t\tct direction original meta mark and {m} == 0 meta nfproto . ct mark and {m} "
+            "@dead_marks jump dead_reject\n") in text
     assert ("\tchain dead_reject {\n\t\tmeta l4proto tcp reject with tcp reset\n"
             "\t\treject with icmpx type admin-prohibited\n\t}\n}\n") in text
 

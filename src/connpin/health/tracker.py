@@ -21,7 +21,18 @@ Rules (defaults in `Params`):
   evidence for "dead" (the same rule as above) piles up in a fraction of the time. On a healthy
   line this is rare (0.19^3: about one probe in 150 at 10% loss each way) and short, so the
   average stays near the budget; the peak is 30 packets/s for a few tenths of a second.
-- Transitions are returned as `Transition(uplink, old, new, at, reason)`.
+- **Families**: targets with a `family` (health.targets.Target) are split into an IPv4 and an
+  IPv6 side; each side follows the rules above on its own targets only (its quorum from its own
+  target count, its own stable period, flap damping and suspect streak). An uplink with one
+  family has one side, which is the uplink (nothing changes). With both: the uplink is alive
+  while any side is, dead when every side is, unknown otherwise; while no side is dead, the
+  rule over all targets together (the one-list rule, its quorum from all of them) takes every
+  side down at once, so a blackhole of the whole uplink is as fast as before; once a side is
+  dead the other needs its own evidence (an IPv6 that never answers must not lower what IPv4
+  needs). The sides share the uplink's round and budget.
+- Transitions are returned as `Transition(uplink, old, new, at, reason, family)`: family
+  "ipv4"/"ipv6" for one side of an uplink with both, "both" for the uplink as a whole (its only
+  side, or its overall state, which follows the sides' transitions when it changes).
 
 Why these defaults (the goals of issue 14: a dead uplink detected in <= 1 s p50 and <= 2 s p99;
 no false failover at 10% random loss and 100 ms jitter over 10 minutes; <= ~10 probe packets/s
@@ -63,6 +74,7 @@ ALIVE = "alive"
 DEAD = "dead"
 UNKNOWN = "unknown"
 STATES = (ALIVE, DEAD, UNKNOWN)
+BOTH = "both"  # a Transition about the uplink as a whole (not one family side of it)
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,9 @@ class Transition:
     new: str
     at: float
     reason: str
+    # which selection it is about: "ipv4" / "ipv6" (one family side of an uplink whose `check`
+    # has both), BOTH (the uplink as a whole: its only side, or its overall state)
+    family: str = "both"
 
 
 @dataclass(frozen=True)
@@ -146,6 +161,14 @@ class TargetHealth:
 
 
 @dataclass(frozen=True)
+class FamilyHealth:
+    family: str  # "ipv4" | "ipv6"
+    state: str
+    since: float
+    reason: str
+
+
+@dataclass(frozen=True)
 class UplinkHealth:
     uplink: Hashable
     state: str
@@ -153,6 +176,9 @@ class UplinkHealth:
     reason: str
     targets: tuple[TargetHealth, ...]
     up_after: float  # the stable period the next recovery needs
+    # per family side (only when the uplink's targets have both families): its own state
+    families: tuple[FamilyHealth, ...] = ()
+
 
 
 @dataclass
@@ -187,7 +213,10 @@ class _Target:
 
 
 @dataclass
-class _Uplink:
+class _Side:
+    """The targets of one family (or all of them, when there is one family): the rules apply
+    here."""
+
     targets: dict[Hashable, _Target]
     state: str = UNKNOWN
     since: float = 0.0
@@ -196,6 +225,25 @@ class _Uplink:
     flaps: int = 0
     recovered_at: float | None = None  # last dead -> alive transition
     streak: int = 0  # consecutive lost results, any target, in the order they became known
+
+
+@dataclass
+class _Uplink:
+    sides: dict[str, _Side]  # family ("ipv4" / "ipv6", BOTH for targets without one) -> side
+    side_of: dict[Hashable, str]  # target -> its side
+    state: str = UNKNOWN  # overall: the only side's, or derived from the sides (`_overall`)
+    since: float = 0.0
+    reason: str = "not probed yet"
+
+    @property
+    def targets(self) -> dict[Hashable, _Target]:
+        return {t: self.sides[f].targets[t] for t, f in self.side_of.items()}
+
+
+def family_of(target: Hashable) -> str:
+    """"ipv4" / "ipv6" for a target with a `family` (health.targets.Target), else BOTH."""
+    f = getattr(target, "family", None)
+    return f"ipv{f}" if f in (4, 6) else BOTH
 
 
 class Tracker:
@@ -208,12 +256,18 @@ class Tracker:
 
     # -- configuration ----------------------------------------------------------------------------
     def add(self, uplink: Hashable, targets: Iterable[Hashable], now: float) -> None:
-        """Start tracking `uplink` (state unknown); a second add replaces its targets."""
+        """Start tracking `uplink` (state unknown); a second add replaces its targets. Its
+        targets are split by family: each family side is judged on its own targets."""
         names = list(dict.fromkeys(targets))
         if not names:
             raise ValueError(f"uplink {uplink!r}: no targets")
-        window = max(self.params.loss_window, self.params.quorum(len(names))[1])
-        self._uplinks[uplink] = _Uplink({t: _Target(window) for t in names}, since=now)
+        side_of = {t: family_of(t) for t in names}
+        sides: dict[str, _Side] = {}
+        for fam in dict.fromkeys(side_of.values()):
+            mine = [t for t in names if side_of[t] == fam]
+            window = max(self.params.loss_window, self.params.quorum(len(mine))[1])
+            sides[fam] = _Side({t: _Target(window) for t in mine}, since=now)
+        self._uplinks[uplink] = _Uplink(sides, side_of, since=now)
 
     def remove(self, uplink: Hashable) -> None:
         self._uplinks.pop(uplink, None)
@@ -222,8 +276,11 @@ class Tracker:
         """Forget results (the link went away or came back): the uplink is unknown again."""
         u = self._uplinks[uplink]
         old = u.state
-        self.add(uplink, list(u.targets), now)
-        self._uplinks[uplink].reason = reason
+        self.add(uplink, list(u.side_of), now)
+        nu = self._uplinks[uplink]
+        nu.reason = reason
+        for side in nu.sides.values():
+            side.reason = reason
         return [] if old == UNKNOWN else [Transition(uplink, old, UNKNOWN, now, reason)]
 
     @property
@@ -231,28 +288,31 @@ class Tracker:
         return tuple(self._uplinks)
 
     def targets(self, uplink: Hashable) -> tuple[Hashable, ...]:
-        return tuple(self._uplinks[uplink].targets)
+        return tuple(self._uplinks[uplink].side_of)
 
     # -- what the prober needs --------------------------------------------------------------------
     def timeout(self, uplink: Hashable, target: Hashable) -> float:
-        p, t = self.params, self._uplinks[uplink].targets[target]
+        u = self._uplinks[uplink]
+        p, t = self.params, u.sides[u.side_of[target]].targets[target]
         if t.srtt is None or t.rttvar is None:
             return p.timeout_initial
         return min(p.timeout_max, max(p.timeout_min, t.srtt + 4 * t.rttvar))
 
     def interval(self, uplink: Hashable, costs: Sequence[int] | None = None) -> float:
-        """Seconds between rounds of `uplink` (costs: packets per probe of each target)."""
+        """Seconds between rounds of `uplink` (costs: packets per probe of each target): the
+        family sides share the uplink's budget."""
         u = self._uplinks[uplink]
-        return self.params.interval(sum(costs) if costs else len(u.targets))
+        return self.params.interval(sum(costs) if costs else len(u.side_of))
 
     # -- results ----------------------------------------------------------------------------------
     def record(self, uplink: Hashable, target: Hashable, sent_at: float, rtt: float | None,
                now: float) -> list[Transition]:
         """One probe's result: answered after `rtt` seconds, or lost (None) as known at `now`."""
         u = self._uplinks.get(uplink)
-        if u is None or target not in u.targets:
+        if u is None or target not in u.side_of:
             return []  # a result for something no longer tracked
-        t = u.targets[target]
+        side = u.sides[u.side_of[target]]
+        t = side.targets[target]
         t.probes += 1
         if rtt is None:
             t.lost += 1
@@ -266,78 +326,130 @@ class Tracker:
                 t.rttvar = 0.75 * t.rttvar + 0.25 * abs(t.srtt - rtt)
                 t.srtt = 0.875 * t.srtt + 0.125 * rtt
         t.add(sent_at, rtt is not None)
-        u.streak = 0 if rtt is not None else u.streak + 1
-        return self._evaluate(uplink, u, now, answered=rtt is not None)
+        side.streak = 0 if rtt is not None else side.streak + 1
+        return self._judge(uplink, u, now, u.side_of[target], rtt is not None)
 
     def tick(self, now: float) -> list[Transition]:
         """Let time pass: completes recoveries whose stable period has elapsed."""
         out: list[Transition] = []
         for name, u in self._uplinks.items():
-            out += self._evaluate(name, u, now, answered=False)
+            out += self._judge(name, u, now, None, False)
         return out
 
     # -- rules ------------------------------------------------------------------------------------
-    def _all_failing(self, u: _Uplink) -> bool:
-        k, n = self.params.quorum(len(u.targets))
-        return all(t.failing(k, n) for t in u.targets.values())
+    def _all_failing(self, targets: dict[Hashable, _Target]) -> bool:
+        k, n = self.params.quorum(len(targets))
+        return all(t.failing(k, n) for t in targets.values())
 
-    def _silent(self, u: _Uplink) -> bool:
-        return all(t.latest_lost() for t in u.targets.values())
-
-    def _stable_needed(self, u: _Uplink) -> float:
+    def _stable_needed(self, side: _Side) -> float:
         p = self.params
-        return min(p.up_after_max, p.up_after * 2 ** u.flaps)
+        return min(p.up_after_max, p.up_after * 2 ** side.flaps)
 
-    def _go(self, name: Hashable, u: _Uplink, new: str, now: float,
-            reason: str) -> list[Transition]:
-        old = u.state
-        u.state, u.since, u.reason = new, now, reason
-        u.recovering_since = None
+    def _go(self, side: _Side, new: str, now: float, reason: str) -> tuple[str, str]:
+        old = side.state
+        side.state, side.since, side.reason = new, now, reason
+        side.recovering_since = None
         if old == DEAD and new == ALIVE:
-            u.recovered_at = now
-        return [Transition(name, old, new, now, reason)]
+            side.recovered_at = now
+        return old, new
 
-    def _down_reason(self, u: _Uplink) -> str:
-        k, n = self.params.quorum(len(u.targets))
-        return (f"all {len(u.targets)} targets lost {k} of their last {n} probes"
-                if len(u.targets) > 1 else f"the target lost {k} of its last {n} probes")
+    def _down_reason(self, targets: dict[Hashable, _Target]) -> str:
+        k, n = self.params.quorum(len(targets))
+        return (f"all {len(targets)} targets lost {k} of their last {n} probes"
+                if len(targets) > 1 else f"the target lost {k} of its last {n} probes")
 
-    def _evaluate(self, name: Hashable, u: _Uplink, now: float,
-                  answered: bool) -> list[Transition]:
-        p = self.params
-        if u.state == UNKNOWN:
+    def _die(self, side: _Side, now: float, reason: str) -> tuple[str, str]:
+        flap = side.recovered_at is not None and now - side.recovered_at < self.params.flap_window
+        side.flaps = side.flaps + 1 if flap else 0
+        return self._go(side, DEAD, now, reason)
+
+    def _evaluate(self, side: _Side, now: float, answered: bool) -> tuple[str, str] | None:
+        """The rules on one side: (old, new) when its state changed."""
+        if side.state == UNKNOWN:
             if answered:
-                return self._go(name, u, ALIVE, now, "first answer")
-            if self._all_failing(u):
-                return self._go(name, u, DEAD, now, self._down_reason(u))
-            return []
-        if u.state == ALIVE:
-            if self._all_failing(u):
-                flap = u.recovered_at is not None and now - u.recovered_at < p.flap_window
-                u.flaps = u.flaps + 1 if flap else 0
-                return self._go(name, u, DEAD, now, self._down_reason(u))
-            return []
+                return self._go(side, ALIVE, now, "first answer")
+            if self._all_failing(side.targets):
+                return self._go(side, DEAD, now, self._down_reason(side.targets))
+            return None
+        if side.state == ALIVE:
+            if self._all_failing(side.targets):
+                return self._die(side, now, self._down_reason(side.targets))
+            return None
         # DEAD: wait for a stable period of answers
-        if self._silent(u):
-            u.recovering_since = None
-            return []
-        if u.recovering_since is None:
+        if all(t.latest_lost() for t in side.targets.values()):
+            side.recovering_since = None
+            return None
+        if side.recovering_since is None:
             if not answered:
-                return []
-            u.recovering_since = now
-        if now - u.recovering_since >= self._stable_needed(u):
-            stable = now - u.recovering_since
-            return self._go(name, u, ALIVE, now, f"answers for {stable:.1f} s")
-        return []
+                return None
+            side.recovering_since = now
+        if now - side.recovering_since >= self._stable_needed(side):
+            stable = now - side.recovering_since
+            return self._go(side, ALIVE, now, f"answers for {stable:.1f} s")
+        return None
+
+    def _judge(self, name: Hashable, u: _Uplink, now: float, touched: str | None,
+               answered: bool) -> list[Transition]:
+        """Apply the rules to the touched side (None: every side), then the uplink's."""
+        changed: list[tuple[str, str, str]] = []  # (family, old, new)
+        for fam, side in u.sides.items():
+            if touched is None or fam == touched:
+                ch = self._evaluate(side, now, answered and fam == touched)
+                if ch is not None:
+                    changed.append((fam, *ch))
+        if len(u.sides) == 1:
+            side = next(iter(u.sides.values()))
+            u.state, u.since, u.reason = side.state, side.since, side.reason
+            return [Transition(name, old, new, now, side.reason) for _, old, new in changed]
+        # several families: while none is dead, the rule over all targets together (the
+        # single-list rule, its quorum from all of them) takes every side down at once
+        targets = u.targets
+        if not any(s.state == DEAD for s in u.sides.values()) and self._all_failing(targets):
+            reason = self._down_reason(targets)
+            for fam, side in u.sides.items():
+                old = side.state
+                self._die(side, now, reason)
+                changed = [c for c in changed if c[0] != fam] + [(fam, old, DEAD)]
+        out = [Transition(name, old, new, now, u.sides[fam].reason, fam)
+               for fam, old, new in changed if old != new]
+        state, reason = self._overall(u)
+        if state != u.state:
+            out.append(Transition(name, u.state, state, now, reason))
+            u.state, u.since = state, now
+        u.reason = reason  # says which family is what, even when the uplink's state stays
+        return out
+
+    @staticmethod
+    def _overall(u: _Uplink) -> tuple[str, str]:
+        """Several families: alive while any side is, dead when every side is."""
+        states = {f: s.state for f, s in u.sides.items()}
+        if ALIVE in states.values():
+            alive = [f for f, st in states.items() if st == ALIVE]
+            others = [f"{f} {st}" for f, st in states.items() if st != ALIVE]
+            return ALIVE, (f"{', '.join(alive)} alive" + (f" ({', '.join(others)})"
+                                                           if others else ""))
+        if all(st == DEAD for st in states.values()):
+            reasons = {s.reason for s in u.sides.values()}
+            return DEAD, (reasons.pop() if len(reasons) == 1 else "every family dead")
+        reasons = {s.reason for s in u.sides.values()}
+        if set(states.values()) == {UNKNOWN} and len(reasons) == 1:
+            return UNKNOWN, reasons.pop()  # "not probed yet", a reset's reason
+        return UNKNOWN, ", ".join(f"{f} {st}" for f, st in states.items())
 
     # -- figures ----------------------------------------------------------------------------------
     def state(self, uplink: Hashable) -> str:
         return self._uplinks[uplink].state
 
-    def suspect(self, uplink: Hashable) -> bool:
-        """Not dead (yet) but its last `suspect_after` probes were lost: probe faster."""
+    def family_states(self, uplink: Hashable) -> dict[str, str]:
+        """Family side -> its state (one entry, BOTH, for an uplink with one family)."""
         u = self._uplinks[uplink]
-        return u.state != DEAD and u.streak >= self.params.suspect_after
+        return {f: s.state for f, s in u.sides.items()} if len(u.sides) > 1 else {BOTH: u.state}
+
+    def suspect(self, uplink: Hashable) -> bool:
+        """Some family side is not dead (yet) but its last `suspect_after` probes were lost:
+        probe the uplink faster."""
+        return any(s.state != DEAD and s.streak >= self.params.suspect_after
+                   for s in self._uplinks[uplink].sides.values())
 
     def snapshot(self, uplink: Hashable) -> UplinkHealth:
         u, p = self._uplinks[uplink], self.params
@@ -347,5 +459,7 @@ class Tracker:
             loss = (sum(1 for _, ok in recent if not ok) / len(recent)) if recent else None
             targets.append(TargetHealth(name, t.rtt, t.srtt, t.rttvar, loss, t.probes, t.lost,
                                         t.last_answer))
+        families = tuple(FamilyHealth(f, s.state, s.since, s.reason) for f, s in u.sides.items()
+                         ) if len(u.sides) > 1 else ()
         return UplinkHealth(uplink, u.state, u.since, u.reason, tuple(targets),
-                            self._stable_needed(u))
+                            max(self._stable_needed(s) for s in u.sides.values()), families)

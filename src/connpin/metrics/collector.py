@@ -219,13 +219,18 @@ class _Collector(Collector):
         loss = GaugeMetricFamily("connpin_uplink_loss_ratio",
                                  "Share of a health check target's recent probes lost",
                                  labels=["uplink", "target"])
+        family = GaugeMetricFamily("connpin_uplink_family_alive",
+                                   "1 while one family of an uplink checked in both is alive",
+                                   labels=["uplink", "family"])
         for n, h in record.items():
             for s in HEALTH_STATES:
                 state.add_metric([n, s], 1.0 if h.get("state") == s else 0.0)
             alive.add_metric([n], 1.0 if h.get("state") == "alive" else 0.0)
+            for f, side in sorted((h.get("families") or {}).items()):
+                family.add_metric([n, f], 1.0 if side.get("state") == "alive" else 0.0)
             for t in h.get("targets", []):
                 if (v := _ms_to_s(t.get("srtt_ms"))) is not None:
                     rtt.add_metric([n, t["target"]], v)
                 if t.get("loss") is not None:
                     loss.add_metric([n, t["target"]], float(t["loss"]))
-        yield from (state, alive, rtt, loss)
+        yield from (state, alive, *([family] if family.samples else []), rtt, loss)

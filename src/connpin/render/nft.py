@@ -154,13 +154,14 @@ def _counter_objects(uplinks: Sequence[UplinkState]) -> list[str]:
     return out
 
 
-def _reset_set(marks: Sequence[int]) -> list[str]:
-    """on_down = "reset": the set of marks whose connections are reset (its elements change,
-    in place, when an uplink dies, goes down or comes back)."""
-    out = ["\t# on_down = \"reset\": marks of the uplinks that are dead or down now",
-           "\tset dead_marks {\n\t\ttype mark"]
+def _reset_set(marks: Sequence[tuple[int, int]]) -> list[str]:
+    """on_down = "reset": the (family, mark) pairs whose connections are reset (its elements
+    change, in place, when an uplink dies in a family or both, goes down or comes back)."""
+    out = ["\t# on_down = \"reset\": family . mark of the uplinks that are dead or down now",
+           "\tset dead_marks {\n\t\ttype nf_proto . mark"]
     if marks:
-        out.append(f"\t\telements = {{ {', '.join(_hex(m) for m in sorted(marks))} }}")
+        pairs = ", ".join(f"ipv{f} . {_hex(m)}" for f, m in marks)
+        out.append(f"\t\telements = {{ {pairs} }}")
     out.append("\t}\n")
     return out
 
@@ -209,7 +210,7 @@ def _reset_chains(mask: int, interfaces: Sequence[str]) -> list[str]:
     down resets too. The router's packets that already carry a mark of connpin's (health
     probes, SO_MARK) pass."""
     m = _hex(mask)
-    dead = f"ct mark and {m} @dead_marks"
+    dead = f"meta nfproto . ct mark and {m} @dead_marks"
     names = ", ".join(f'"{i}"' for i in interfaces)
     inside = f" iifname != {{ {names} }}" if interfaces else ""
     return [
@@ -231,7 +232,8 @@ def _reset_chains(mask: int, interfaces: Sequence[str]) -> list[str]:
 
 
 def body(config: Config, uplinks: Sequence[UplinkState],
-         choices: Sequence[Choice] = (), dead_marks: Sequence[int] | None = None) -> str:
+         choices: Sequence[Choice] = (),
+         dead_marks: Sequence[tuple[int, int]] | None = None) -> str:
     """The `table inet NAME { ... }` block. `choices` (connpin choosing uplinks): their maps
     and chains, and the rules that jump there for new, unpinned connections from the inside.
     `dead_marks` (some uplink has on_down = "reset"; None: none has): the marks whose
@@ -350,7 +352,8 @@ def body(config: Config, uplinks: Sequence[UplinkState],
 
 
 def render(config: Config, uplinks: Sequence[UplinkState],
-           choices: Sequence[Choice] = (), dead_marks: Sequence[int] | None = None) -> str:
+           choices: Sequence[Choice] = (),
+         dead_marks: Sequence[tuple[int, int]] | None = None) -> str:
     """The whole ruleset as shown by `plan`."""
     return HEADER + body(config, uplinks, choices, dead_marks)
 

@@ -65,7 +65,19 @@ def health(h: Mapping[str, Any] | None) -> dict | None:
         "state": h["state"], "since": _health_since(h), "reason": h.get("reason", ""),
         "targets": [{k: t.get(k) for k in ("target", "rtt_ms", "srtt_ms", "loss", "probes",
                                            "lost")} for t in h.get("targets") or ()],
+        **_families(h),
     }
+
+
+def _families(h: Mapping[str, Any]) -> dict:
+    """Per-family health (`check` with IPv4 and IPv6 targets): {"families": {"ipv4": {state,
+    since, reason}, "ipv6": ...}}; nothing for an uplink checked in one family."""
+    fams = h.get("families")
+    if not isinstance(fams, Mapping):
+        return {}
+    return {"families": {f: {"state": s.get("state"), "since": _health_since(s),
+                             "reason": s.get("reason", "")}
+                         for f, s in sorted(fams.items()) if isinstance(s, Mapping)}}
 
 
 def _since(since: Mapping[str, Any], iface: str, family: str, up: bool) -> str | None:
@@ -157,8 +169,7 @@ def build(config: Config, result: Any,
     now = time.time() if now is None else now
     check = _in_place(result)
     figures = (watch or {}).get("health") or {}
-    dead = frozenset(n for n, h in figures.items() if isinstance(h, Mapping)
-                     and h.get("state") == DEAD)
+    dead = choice.dead_of(figures)
     by_name: dict[str, list[Any]] = {}
     for s in result.desired.uplinks:
         by_name.setdefault(s.uplink, []).append(s)

@@ -77,6 +77,18 @@ def _loss(h: Mapping[str, Any] | None) -> str:
     return _pct(sum(losses) / len(losses)) if losses else "-"
 
 
+def _sides(h: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """Per-family health sides (only for a `check` with both families)."""
+    fams = h.get("families")
+    return sorted(fams.items()) if isinstance(fams, Mapping) else []
+
+
+def _word(h: Mapping[str, Any]) -> str:
+    """The health column: the state, and a family side that differs from it ("alive/dead6")."""
+    odd = [f"{s.get('state')}{f[-1]}" for f, s in _sides(h) if s.get("state") != h["state"]]
+    return "/".join([h["state"], *odd])
+
+
 def _problems(u: Mapping[str, Any]) -> list[str]:
     """What is not fine with one uplink, as short phrases (empty: up, alive, in place; an
     IPv4-only uplink is fine: why its IPv6 is off is in -v)."""
@@ -86,6 +98,9 @@ def _problems(u: Mapping[str, Any]) -> list[str]:
                    f"dead: {(u['health'] or {}).get('reason', '')}")
     elif u.get("health") and u["health"]["state"] != "alive":
         out.append(f"health {u['health']['state']}: {u['health']['reason']}")
+    elif u.get("health"):  # alive, but maybe not in both families (per-family health)
+        out += [f"{f} dead: {s.get('reason', '')}" for f, s in _sides(u["health"])
+                if s.get("state") == DEAD]
     missing = [what for what, ok in (("rule", u["rule_in_place"]),
                                      ("route", u["route_in_place"])) if not ok]
     if missing:
@@ -120,7 +135,7 @@ def _rows(report: Mapping[str, Any], v6: bool, nbytes: bool) -> list[str]:
         h = u.get("health")
         row = [u["uplink"], u["interface"], u["state"], ago(u["since"], now)]
         if checked:  # (a dead uplink's RTT is history: "-")
-            row += [h["state"], ago(h["since"], now), "-" if h["state"] == DEAD else _rtt(h),
+            row += [_word(h), ago(h["since"], now), "-" if h["state"] == DEAD else _rtt(h),
                     _loss(h)] if h else ["-"] * 4
         if choosing:
             row += [str(u["tier"]), str(u["weight"])]
@@ -167,6 +182,8 @@ def _detail(u: Mapping[str, Any], now: str | None) -> list[str]:
     h = u.get("health")
     if h:
         out.append(f"  health: {h['state']}, {since(h['since'])}: {h['reason']}")
+        for f, s in _sides(h):
+            out.append(f"    {f}: {s.get('state')}, {since(s.get('since'))}: {s.get('reason', '')}")
         rows = [("target", "rtt", "srtt", "loss", "probes", "lost")]
         for t in h["targets"]:
             rows.append((str(t["target"]),
@@ -271,6 +288,8 @@ def nagios(report: Mapping[str, Any], problems: Sequence[str] = ()) -> tuple[int
     alive = live(report)
     bad = [f"{u['uplink']} {u['state']}" for u in ups if u["state"] != UP]
     bad += [f"{w['uplink']} no interface" for w in report["patterns_without_interfaces"]]
+    bad += [f"{u['uplink']} {f} dead" for u in ups if u["state"] == UP  # one family dead
+            for f, s in _sides(u.get("health") or {}) if s.get("state") == DEAD]
     names = len({u["uplink"] for u in ups}) + len(report["patterns_without_interfaces"])
     if not report.get("installed", True):
         code, summary = CRITICAL, "connpin's ruleset is not installed (connpin apply)"

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from connpin import engine, model
+from connpin import choice, engine, model
 from connpin.watch import record
 from connpin.watch.classify import Classifier
 from connpin.watch.coexist import ConflictWatch
@@ -216,8 +216,8 @@ class Watcher:
         rec: dict[str, Any] = {"pid": os.getpid(), "failing": failing}
         if self.health is not None:
             rec["health"] = self.health_record
-            rec["dead"] = sorted(n for n, h in self.health_record.items()
-                                 if h["state"] == "dead")
+            # dead uplinks, and name/ipv6 (or ipv4) for a family dead alone (per-family health)
+            rec["dead"] = sorted(choice.dead_of(self.health_record))
         record.save(rec)
 
     def _status(self, ping: bool = False) -> None:

@@ -11,7 +11,9 @@ the transitions (log line, hooks, a converge) and the snapshot (into the record 
 
 Hooks: every executable regular file in /etc/connpin/events.d (or $CONNPIN_EVENTS_DIR), in name
 order, run without a shell, with a timeout, in their own thread (a slow hook never delays
-probing or the loop), with CONNPIN_UPLINK, CONNPIN_OLD, CONNPIN_NEW and CONNPIN_REASON set.
+probing or the loop), with CONNPIN_UPLINK, CONNPIN_OLD, CONNPIN_NEW, CONNPIN_REASON and
+CONNPIN_FAMILY (ipv4 / ipv6: one family side of an uplink whose `check` has both; both: the
+uplink as a whole) set.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from connpin.health.targets import Target
-from connpin.health.tracker import DEAD, UNKNOWN, Params, Tracker, Transition, UplinkHealth
+from connpin.health.tracker import BOTH, UNKNOWN, Params, Tracker, Transition, UplinkHealth
 
 EVENTS_DIR = "/etc/connpin/events.d"
 EVENTS_DIR_ENV = "CONNPIN_EVENTS_DIR"
@@ -78,6 +80,11 @@ def snapshot(h: UplinkHealth, interface: str | None, clock: Callable[[], float])
         "targets": [{"target": str(t.target), "rtt_ms": _ms(t.rtt), "srtt_ms": _ms(t.srtt),
                      "loss": None if t.loss is None else round(t.loss, 3),
                      "probes": t.probes, "lost": t.lost} for t in h.targets],
+        # only when `check` has both families: each side's own state (choice.dead_of)
+        **({"families": {f.family: {"state": f.state, "since": _wall(f.since, clock),
+                                    "at": round(time.time() - (clock() - f.since), 3),
+                                    "reason": f.reason} for f in h.families}}
+           if h.families else {}),
     }
 
 
@@ -107,7 +114,8 @@ class Hooks:
     def _work(self) -> None:
         while (t := self._queue.get()) is not None:
             env = {**os.environ, "CONNPIN_UPLINK": str(t.uplink), "CONNPIN_OLD": t.old,
-                   "CONNPIN_NEW": t.new, "CONNPIN_REASON": t.reason}
+                   "CONNPIN_NEW": t.new, "CONNPIN_REASON": t.reason,
+                   "CONNPIN_FAMILY": t.family}
             for path in self.programs():
                 try:
                     p = subprocess.run([path], env=env, stdin=subprocess.DEVNULL,
@@ -175,8 +183,11 @@ class Health:
 
     @property
     def dead(self) -> frozenset[str]:
+        """Dead uplinks, and "name/ipv6" (or ipv4) for a family dead alone (choice.dead_of)."""
+        from connpin.choice import dead_of
+
         with self._lock:
-            return frozenset(n for n, s in self._snapshot.items() if s["state"] == DEAD)
+            return dead_of(self._snapshot)
 
     # -- the thread -------------------------------------------------------------------------------
     def open(self) -> None:
@@ -271,5 +282,6 @@ def wake_fd(fd: int) -> Callable[[], None]:
 
 
 def transition_line(t: Transition) -> str:
-    return f"health: {t.uplink} {t.old} -> {t.new} ({t.reason})"
+    side = "" if t.family == BOTH else f" {t.family}"
+    return f"health: {t.uplink}{side} {t.old} -> {t.new} ({t.reason})"
 
