@@ -154,14 +154,30 @@ def _counter_objects(uplinks: Sequence[UplinkState]) -> list[str]:
     return out
 
 
-def _reset_set(marks: Sequence[int]) -> list[str]:
+def reset_counter_name(u: UplinkState) -> str:
+    """The named counter of the resets sent for one interface of an uplink with on_down =
+    "reset" (`reset_I_U`, read like counter_names' counters)."""
+    return f"reset_{u.slot.index}_{u.uplink}"
+
+
+def _resetting(config: Config, uplinks: Sequence[UplinkState]) -> list[UplinkState]:
+    names = {u.name for u in config.uplinks if u.on_down == "reset"}
+    return [u for u in uplinks if u.uplink in names]
+
+
+def _reset_set(marks: Sequence[int], resetting: Sequence[UplinkState] = ()) -> list[str]:
     """on_down = "reset": the set of marks whose connections are reset (its elements change,
-    in place, when an uplink dies, goes down or comes back)."""
+    in place, when an uplink dies, goes down or comes back), and the counters of resets sent
+    per interface of the uplinks with on_down = "reset" (there whatever [metrics] says: they
+    are the only trace of the connections connpin ended)."""
     out = ["\t# on_down = \"reset\": marks of the uplinks that are dead or down now",
            "\tset dead_marks {\n\t\ttype mark"]
     if marks:
         out.append(f"\t\telements = {{ {', '.join(_hex(m) for m in sorted(marks))} }}")
     out.append("\t}\n")
+    if resetting:
+        out.append("\t# on_down = \"reset\": resets (and ICMP errors) sent, per uplink interface")
+    out += [f"\tcounter {reset_counter_name(u)} {{\n\t}}\n" for u in resetting]
     return out
 
 
@@ -199,7 +215,8 @@ def _count_out_rule(config: Config) -> str:
     return f"\t\tct mark and {_hex(config.pinning.mark_mask)} vmap @count_by_mark\n"
 
 
-def _reset_chains(mask: int, interfaces: Sequence[str]) -> list[str]:
+def _reset_chains(mask: int, interfaces: Sequence[str],
+                  resetting: Sequence[UplinkState] = ()) -> list[str]:
     """on_down = "reset": a packet sent from the inside (or by the router) in a connection
     pinned to a mark of @dead_marks is answered with a TCP reset (ICMP admin-prohibited for
     other protocols: a hard error a connected UDP socket reports, EHOSTUNREACH / EACCES, where
@@ -207,8 +224,10 @@ def _reset_chains(mask: int, interfaces: Sequence[str]) -> list[str]:
     of connections that did not arrive on an uplink: connections from the outside are left to
     time out. Before routing (prerouting, output before connpin's re-route), so a link that is
     down resets too. The router's packets that already carry a mark of connpin's (health
-    probes, SO_MARK) pass."""
+    probes, SO_MARK) pass. Each reset is counted on its uplink interface's counter."""
     m = _hex(mask)
+    count = "".join(f"\t\tct mark and {m} == {_hex(u.slot.mark)} "
+                    f'counter name "{reset_counter_name(u)}"\n' for u in resetting)
     dead = f"ct mark and {m} @dead_marks"
     names = ", ".join(f'"{i}"' for i in interfaces)
     inside = f" iifname != {{ {names} }}" if interfaces else ""
@@ -223,7 +242,7 @@ def _reset_chains(mask: int, interfaces: Sequence[str]) -> list[str]:
         "\t\ttype filter hook output priority mangle - 1; policy accept;\n"
         f"\t\tct direction original meta mark and {m} == 0 {dead} jump dead_reject\n"
         "\t}\n"
-        "\n\tchain dead_reject {\n"
+        "\n\tchain dead_reject {\n" + count +
         "\t\tmeta l4proto tcp reject with tcp reset\n"
         "\t\treject with icmpx type admin-prohibited\n"
         "\t}"
@@ -268,7 +287,7 @@ def body(config: Config, uplinks: Sequence[UplinkState],
     out.append("\tset never_pinned6 {\n\t\ttype ipv6_addr\n\t\tflags interval\n"
                f"\t\telements = {{ {', '.join(NEVER_PINNED6)} }}\n\t}}\n")
     if dead_marks is not None:
-        out += _reset_set(dead_marks)
+        out += _reset_set(dead_marks, _resetting(config, uplinks))
     for u in uplinks:  # one slot per interface: alloc never gives two the same mark
         out.append(f"\t# {u.uplink} ({u.interface}): {_hex(u.slot.mark)}, table {u.slot.table}")
         out.append(f"\tchain pin_{u.slot.index} {{\n" + _count_new(config, u) +
@@ -344,7 +363,8 @@ def body(config: Config, uplinks: Sequence[UplinkState],
                        f"{{ {pairs} }}")
         out.append("\t}")
     if dead_marks is not None:
-        out += _reset_chains(mask, sorted({u.interface for u in uplinks}))
+        out += _reset_chains(mask, sorted({u.interface for u in uplinks}),
+                             _resetting(config, uplinks))
     out.append("}")
     return "\n".join(out) + "\n"
 
