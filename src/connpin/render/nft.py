@@ -183,11 +183,13 @@ def _reset_set(marks: Sequence[int], resetting: Sequence[UplinkState] = ()) -> l
 
 def _count_new(config: Config, u: UplinkState) -> str:
     """pin_N's first rule with counters: count a connection when it becomes pinned to N (a
-    connection stays `new` until answered: its later packets find the mark already set)."""
+    connection stays `new` until answered: its later packets find the mark already set). Not
+    the router's own: `output` may choose N and `postrouting` re-pin it to the uplink it
+    really leaves by (a device-bound socket), so count_N counts those once, at the end."""
     if not _counters_on(config):
         return ""
     mask = config.pinning.mark_mask
-    return (f"\t\tct mark and {_hex(mask)} != {_hex(u.slot.mark)} "
+    return (f"\t\tct mark and {_hex(mask)} != {_hex(u.slot.mark)} fib saddr type != local "
             f'counter name "{counter_names(u)[0]}"\n')
 
 
@@ -202,7 +204,11 @@ def _count_in(config: Config, u: UplinkState) -> str:
 def _count_out_chains(config: Config, uplinks: Sequence[UplinkState]) -> list[str]:
     if not _counters_on(config):
         return []
+    # the router's own new connection, pinned for good: counted at its first packet (the only
+    # one before conntrack confirms the entry; a retransmitted SYN finds it confirmed)
     return [f"\tchain count_{u.slot.index} {{\n"
+            f"\t\tct status & confirmed == 0 fib saddr type local "
+            f'counter name "{counter_names(u)[0]}"\n'
             f'\t\toifname "{u.interface}" counter name "{counter_names(u)[1]}"\n\t}}\n'
             for u in uplinks]
 
