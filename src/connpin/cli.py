@@ -19,7 +19,7 @@ from connpin.render import jsonout
 
 EXIT_FAIL, EXIT_CONFIG, EXIT_DRIFT, EXIT_ROOT = 1, 2, 3, 4
 #: Commands that log (connpin.logs): the daemon, and those hooks run (also to syslog).
-LOGGED = ("watch", "up", "down", "sweep", "dhclient")
+LOGGED = ("watch", "up", "down", "sweep", "dhclient", "ha")
 
 
 class _Version(argparse.Action):
