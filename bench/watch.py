@@ -247,7 +247,20 @@ class Bench:
             if proc is not None:
                 proc.wait(timeout=60)
                 done = (time.perf_counter() - t0) * 1000
+            if path == "shell":
+                self.unshell()
         return (None if t1 is None else (t1 - t0) * 1000), done
+
+    def unshell(self) -> None:
+        """Take the reference script's rule and route away again (connpin's too, which the
+        daemon puts back): left in connpin's band, its rule (not connpin's protocol) is a
+        conflict that makes the next `connpin up` refuse, as it would on a real router."""
+        for r in self.ctl.get_rules(family=socket.AF_INET):
+            if (r.get_attr("FRA_TABLE") or r["table"]) == self.table:
+                with contextlib.suppress(Exception):
+                    self.ctl.rule("del", priority=r.get_attr("FRA_PRIORITY"), table=self.table)
+        with contextlib.suppress(Exception):
+            self.ctl.route("flush", table=self.table)
 
     def close(self) -> None:
         self.stop_daemon()

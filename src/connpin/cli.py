@@ -19,7 +19,7 @@ from connpin.render import jsonout
 
 EXIT_FAIL, EXIT_CONFIG, EXIT_DRIFT, EXIT_ROOT = 1, 2, 3, 4
 #: Commands that log (connpin.logs): the daemon, and those hooks run (also to syslog).
-LOGGED = ("watch", "up", "down", "sweep", "dhclient")
+LOGGED = ("watch", "up", "down", "sweep", "dhclient", "ha")
 
 
 class _Version(argparse.Action):
@@ -353,11 +353,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         adopted = upgrade.restamp(config)
         for line in [] if _json(args) else adopted:
             print(f"connpin {args.command}: adopted (installed by an older connpin): {line}")
-    if args.command == "apply" and (refused := _conflicts(config, blocking=True)):
-        for c in refused:
-            print(f"connpin apply: conflict: {c}", file=sys.stderr)
-        print("connpin apply: nothing changed (see `connpin check`, docs/coexistence.md)",
-              file=sys.stderr)
+    if args.command in ("apply", "up", "down") and (refused := _conflicts(config, True)):
+        for c in refused:  # hooks too: they would install connpin's marks over the other's
+            print(f"connpin {args.command}: conflict: {c}", file=sys.stderr)
+        print(f"connpin {args.command}: nothing changed (see `connpin check`, "
+              "docs/coexistence.md)", file=sys.stderr)
         _fail(args, "conflict", "nothing changed (see `connpin check`, docs/coexistence.md)",
               conflicts=[c.as_dict() for c in refused], adopted=adopted)
         return EXIT_CONFIG
@@ -391,7 +391,7 @@ def _change(config: model.Config, args: argparse.Namespace, adopted: list[str]) 
     cmd = args.command
     if cmd == "plan":
         return _plan(config, engine.observe(config), args)
-    if cmd in ("up", "down", "remove") and config.pinning.backend != "iptables":
+    if cmd == "remove" and config.pinning.backend != "iptables":  # up/down: _conflicts
         from connpin.kernel import inventory
 
         if inventory.foreign_table(config):

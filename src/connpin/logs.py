@@ -1,5 +1,6 @@
 """Logging of connpin's unattended entry points, set up in one place (`setup`): the daemon
-(`connpin watch`) and the hook commands (`up`, `down`, `sweep`, `dhclient`).
+(`connpin watch`), the hook commands (`up`, `down`, `sweep`, `dhclient`) and the role changes
+keepalived runs (`ha promote|demote|fault`).
 
 - **stderr**: under systemd (the unit's stderr is the journal: systemd sets JOURNAL_STREAM to
   the device and inode of that stream) every line starts with the syslog priority journald
@@ -151,9 +152,16 @@ def setup(program: str, *, verbose: bool = False, stream: IO[Any] | None = None,
 
 def setup_for(args: Any) -> logging.Logger:
     """`setup` for a parsed command line: `watch` to stderr only, hook commands also to
-    syslog (their stdout only when it is not --json)."""
+    syslog (their stdout only when it is not --json). `ha`: the role changes keepalived runs
+    (stdio on /dev/null, like pppd's hooks) to syslog too; what prints a config or a plan for a
+    person (`conntrackd-conf`, `keepalived-notify`, `--dry-run`) not."""
+    syslog = args.command != "watch"
+    if args.command == "ha":
+        from connpin.ha.cli import acts
+
+        syslog = acts(args)
     return setup(f"connpin {args.command}", verbose=getattr(args, "verbose", False),
-                 syslog=args.command != "watch", tee_stdout=not getattr(args, "json", False))
+                 syslog=syslog, tee_stdout=not getattr(args, "json", False))
 
 
 def restore() -> None:

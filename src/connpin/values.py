@@ -147,3 +147,4 @@ class Counters:
     bytes_out: int = 0
     packets_in: int = 0  # packets of its pinned connections arriving from it
     bytes_in: int = 0
+    resets: int = 0  # on_down = "reset": packets of its pinned connections answered with a reset

@@ -17,6 +17,7 @@ from test_pinning import assert_status_ok, story_inbound, story_outbound
 
 from connpin.lab import Lab
 from connpin.lab import foreign as F
+from connpin.lab.commands import HookError
 
 pytestmark = [
     pytest.mark.kernel,
@@ -74,9 +75,13 @@ def test_default_config_pins_and_the_other_tool_keeps_its_routing(tool: str) -> 
 @pytest.mark.parametrize("tool,mask", [("tailscale", 0x00FF0000), ("kube-proxy", 0x0000FF00),
                                        ("mwan3", 0x0000FF00)])
 def test_an_overlapping_mask_is_refused_and_named(tool: str, mask: int) -> None:
+    named = {"tailscale": "ts-forward", "kube-proxy": "KUBE-MARK-MASQ",
+             "mwan3": "mwan3_iface_in_wan1"}[tool]
     with lab_with(tool, mark_mask=mask) as (lab, f):
-        lab.uplink_up(1)
-        lab.uplink_up(2)
+        for k in (1, 2):  # pppd's ip-up hook refuses like apply, naming the other tool's rule
+            with pytest.raises(HookError, match=f"connpin up: conflict: .*{named}"):
+                lab.uplink_up(k)
+        assert "table inet connpin" not in snapshot(lab)["nft"], "a refused hook changed nothing"
         before = snapshot(lab)
         p = lab.connpin("apply", check=False)
         assert p.returncode == 2, p.stdout + p.stderr
@@ -85,13 +90,52 @@ def test_an_overlapping_mask_is_refused_and_named(tool: str, mask: int) -> None:
         assert snapshot(lab) == before, "a refused apply changed nothing"
         check = lab.connpin("check", check=False)
         assert check.returncode == 2
-        named = {"tailscale": "ts-forward", "kube-proxy": "KUBE-MARK-MASQ",
-                 "mwan3": "mwan3_iface_in_wan1"}[tool]
         assert named in check.stdout, check.stdout
         assert "suggested mark_mask = 0xff000000" in check.stdout, check.stdout
         doc = json.loads(lab.connpin("check", "--json", check=False).stdout)
         assert doc["conflicts"] and doc["suggested_mask"] == "0xff000000"
         assert_own_routing(lab, f)
+
+
+OTHER_NFT = """table inet other {
+\tchain pre {
+\t\ttype filter hook prerouting priority mangle; policy accept;
+\t\tiifname "lan0" meta mark set meta mark | 0x01000000
+\t}
+}
+"""
+
+
+def test_hooks_refuse_a_mark_user_that_came_after_apply_and_name_it() -> None:
+    """Another tool's nft rule writing connpin's mark bits, loaded after `apply`: `up` and
+    `down` (pppd's hooks, `connpin dhclient`) refuse like apply, exit 2, one line naming the
+    rule, and change nothing; once it is gone they work again."""
+    with Lab(uplinks=("ppp", "ppp")) as lab:
+        lab.write_config(lab.default_config(masquerade=True))
+        lab.uplink_up(1)
+        lab.connpin("apply")
+        lab.connpin("hooks", "install", "--ppp", "--root", lab.hooks_root)
+        lab.exec("router", ["nft", "-f", "-"], input=OTHER_NFT)
+        where = "nft table inet other chain pre handle"
+        with pytest.raises(HookError, match=f"connpin up: conflict: {where} \\d+: writes "
+                           "meta mark: bits 0x01000000; overlaps mark_mask 0xff000000"):
+            lab.uplink_up(2)
+        before = snapshot(lab)
+        pinned_ppp1 = re.compile(r"dev ppp1 table \d+ proto 201")
+        assert not pinned_ppp1.search(before["routes"]), before["routes"]
+        for argv in (("up", "ppp1"), ("down", "ppp0"), ("dhclient", "ppp1", "BOUND")):
+            p = lab.connpin(*argv, check=False)
+            assert p.returncode == 2, (argv, p.stdout, p.stderr)
+            lines = p.stderr.splitlines()
+            cmd = "up" if argv[0] == "dhclient" else argv[0]
+            assert len(lines) == 2 and lines[0].startswith(f"connpin {cmd}: conflict: {where}")
+            assert lines[1].startswith(f"connpin {cmd}: nothing changed"), lines
+            assert snapshot(lab) == before, argv
+        doc = json.loads(lab.connpin("up", "ppp1", "--json", check=False).stdout)
+        assert doc["error"]["kind"] == "conflict", doc
+        lab.exec("router", ["nft", "delete", "table", "inet", "other"])
+        lab.connpin("up", "ppp1")
+        assert pinned_ppp1.search(snapshot(lab)["routes"])
 
 
 def test_allow_shared_bits_lets_an_intended_overlap_through() -> None:

@@ -20,6 +20,7 @@ from helpers import KERNEL, holds, wait_for
 from test_health_watch import wait_health
 from test_watch import watching
 
+from connpin.kernel import counters as kc
 from connpin.kernel import netns
 from connpin.lab import Lab, faults
 from connpin.lab.echo import open_connection
@@ -64,6 +65,11 @@ def mark_of(lab: Lab, k: int) -> str:
     found = re.search(r"(?:or|\|) (0x[0-9a-f]{8})$", pin, re.M)
     assert found, pin
     return found[1]
+
+
+def resets(lab: Lab) -> dict[str, int]:
+    """Resets sent per uplink, from connpin's nft counters (values.Counters.resets)."""
+    return {n: c.resets for n, c in kc.read(lab.ns("router"), "connpin").items()}
 
 
 class Sender:
@@ -166,6 +172,9 @@ def test_taken_dead_or_link_down_resets_in_one_update_of_elements() -> None:
                               (("lan tcp", tcp), ("router tcp", mine), ("lan udp", udp))))
             assert handle(lab) == table, "the table was replaced"
             assert dead_marks(lab) == isp1
+            # each reset is counted on isp1's counter (no [metrics] needed); isp2 has none
+            assert set(resets(lab)) == {"isp1"} and resets(lab)["isp1"] >= 3, resets(lab)
+            counted = resets(lab)["isp1"]
             assert lab.uplink_of(lab.connect(timeout=5.0)) == 2, "new connections by isp2"
             keep = Sender(lab)
             senders.append(keep)
@@ -185,6 +194,7 @@ def test_taken_dead_or_link_down_resets_in_one_update_of_elements() -> None:
             lab.connpin("apply")
             assert again.wait_error(5).errno == errno.ECONNRESET, again.error
             assert handle(lab) == table and dead_marks(lab) == isp1
+            assert resets(lab)["isp1"] > counted, "the link-down reset counted too"
             keep.wait_sent(3)
 
             # the control: a change beyond elements replaces the table (a new handle)

@@ -15,16 +15,18 @@ import re
 import socket
 import struct
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+import pytest
 from helpers import KERNEL
 
 from connpin import alloc
 from connpin.health.probe import SO_MARK
+from connpin.kernel import counters as kc
 from connpin.kernel import netns
-from connpin.lab import Lab
+from connpin.lab import Lab, faults
 from connpin.lab.echo import EchoServers
 from connpin.model import DEFAULT_MARK_MASK
 
@@ -140,7 +142,8 @@ def test_ipv6_is_chosen_too_and_dead_uplinks_leave_both_families() -> None:
 
 
 def _router_connection(lab: Lab, *, bind: str | None = None, device: str | None = None,
-                       mark: int | None = None) -> tuple[socket.socket | None, str | None]:
+                       mark: int | None = None, timeout: float = 3.0
+                       ) -> tuple[socket.socket | None, str | None]:
     """A TCP connection the router itself opens to the internet host's echo port (kept open):
     (the socket, the address the server saw) or (None, None) if it failed."""
     s = netns.socket_in(lab.ns("router"), socket.AF_INET)
@@ -151,7 +154,7 @@ def _router_connection(lab: Lab, *, bind: str | None = None, device: str | None 
             s.setsockopt(socket.SOL_SOCKET, SO_MARK, struct.pack("=I", mark))
         if bind:
             s.bind((bind, 0))
-        s.settimeout(3.0)
+        s.settimeout(timeout)
         s.connect((lab.SERVER, 7))
         s.sendall(b"hello\n")
         line = b""
@@ -223,3 +226,48 @@ def test_without_masquerade_the_routers_chosen_connections_keep_mains_source() -
         sock, seen = _router_connection(lab, bind=lab.address(2))
         assert sock is not None and seen == lab.address(2)
         sock.close()
+
+
+def _new_counted(lab: Lab, open_one: Callable[[], object]) -> dict[str, int]:
+    """By how much each uplink's new-connections counter ([metrics]) grew while open_one ran."""
+    def now() -> dict[str, int]:
+        return {n: c.new for n, c in kc.read(lab.ns("router"), "connpin").items()}
+
+    before = now()
+    open_one()
+    after = now()
+    return {n: v - before.get(n, 0) for n, v in after.items() if v != before.get(n, 0)}
+
+
+@pytest.mark.parametrize("choose", [True, False])
+def test_each_new_connection_is_counted_once_on_the_uplink_it_leaves_by(choose: bool) -> None:
+    """[metrics]: a new connection counts once, on its final uplink. The router's own: `output`
+    chooses isp2 and a socket bound to ppp0 is re-pinned to isp1 in `postrouting` (it counted
+    on both uplinks); a SYN retransmitted into a blackhole counts once; a marked socket (health
+    probes) once. The LAN's too, with and without connpin choosing."""
+    tiers = {k: f"mark = {_mark(k):#x}" + (f"\npriority = {3 - k}\nweight = 1" if choose else "")
+             for k in (1, 2)}
+    main, other = ("isp2", "isp1") if choose else ("isp1", "isp2")
+    with choosing(lambda lab: config(lab, tiers, "\n[metrics]\n")) as lab:
+        held: list[socket.socket] = []
+
+        def router(**how: object) -> Callable[[], None]:
+            def run() -> None:
+                sock, _ = _router_connection(lab, **how)
+                assert sock is not None, how
+                held.append(sock)
+            return run
+
+        try:
+            assert _new_counted(lab, router()) == {main: 1}
+            assert _new_counted(lab, router(device=lab.iface(1))) == {"isp1": 1}
+            assert _new_counted(lab, router(device=lab.iface(2))) == {"isp2": 1}
+            assert _new_counted(lab, router(mark=_mark(2))) == {"isp2": 1}
+            assert _new_counted(lab, lambda: lab.connect(timeout=5.0)) == {main: 1}
+            faults.blackhole(lab, 2 if choose else 1)  # SYNs unanswered: retransmitted
+            lost = _new_counted(lab, lambda: _router_connection(lab, timeout=2.5))
+            assert lost == {main: 1}, lost
+            assert other not in lost
+        finally:
+            for s in held:
+                s.close()

@@ -12,6 +12,7 @@ and on_down = "reset" (its dead set, its chains, its config): pure, no kernel.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 
 from connpin import desired as D
 from connpin import model, reconcile, steer
+from connpin.kernel import counters as kc
 from connpin.model import ConfigError
 from connpin.reconcile import Elements, Installed, Ruleset
 from connpin.render import nft
@@ -311,8 +313,26 @@ def test_reset_chains_reject_the_inside_senders_packets_before_routing() -> None
     assert (f"\t\ttype filter hook output priority mangle - 1; policy accept;\n"
             f"\t\tct direction original meta mark and {m} == 0 meta nfproto . ct mark and {m} "
             "@dead_marks jump dead_reject\n") in text
-    assert ("\tchain dead_reject {\n\t\tmeta l4proto tcp reject with tcp reset\n"
+    fibre, cable = (model.exact_marks(RESET)[n] for n in ("fibre", "cable"))
+    count = "".join(f"\t\tct mark and {m} == {s.mark:#010x} counter name \"reset_{s.index}_{n}\"\n"
+                    for n, s in sorted((("fibre", fibre), ("cable", cable)),
+                                       key=lambda p: p[1].index))
+    assert ("\tchain dead_reject {\n" + count + "\t\tmeta l4proto tcp reject with tcp reset\n"
             "\t\treject with icmpx type admin-prohibited\n\t}\n}\n") in text
+
+
+def test_each_resetting_uplink_has_a_reset_counter_and_the_others_none() -> None:
+    """on_down = "reset": a counter of resets sent per interface of the uplinks with it (read
+    back by kernel/counters.py, with or without [metrics]); none for lte (keep), none at all
+    without on_down = "reset"."""
+    text = ruleset(RESET)
+    names = sorted(re.findall(r"^\tcounter (reset_\S+) \{$", text, re.M))
+    assert sorted(kc.split(n)[2] for n in names) == ["cable", "fibre"], names
+    for n in names:
+        assert text.count(f'counter name "{n}"') == 1
+    assert "reset_" not in ruleset(model.loads('[[uplink]]\nname = "a"\ninterface = "ppp0"\n'))
+    c = kc.per_uplink({names[0]: (3, 180), "new_7_lte": (2, 0)})
+    assert c[kc.split(names[0])[2]].resets == 3 and c["lte"].resets == 0
 
 
 def test_on_down_reset_is_a_config_value_and_needs_nftables() -> None:

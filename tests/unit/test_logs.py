@@ -127,6 +127,38 @@ def test_a_hook_command_prints_as_before_and_to_syslog(syslog, capsys, tmp_path)
     assert _received(syslog) == []
 
 
+def test_role_changes_keepalived_runs_go_to_syslog_too(syslog, capsys, tmp_path,
+                                                        monkeypatch) -> None:
+    """keepalived runs `ha promote|demote|fault` with stdio on /dev/null: their lines go to
+    syslog like a hook's; what prints a config or a plan for a person does not."""
+    from test_ha import HA, UPLINKS
+
+    from connpin.ha import act
+
+    cfg = tmp_path / "r.toml"
+    cfg.write_text(UPLINKS + HA.format(topology="own"))
+
+    def carry_out(config, role, say):  # noqa: ANN001, ANN202 - the steps, without conntrackd
+        say(f"conntrackd -t: ok (3 ms) [{role}]")
+        say("converge: failed: OSError: boom")
+        return False
+
+    monkeypatch.setattr(act, "carry_out", carry_out)
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 0)  # acting needs root: not for real here
+    assert cli.main(["-c", str(cfg), "ha", "demote"]) == 1
+    out = capsys.readouterr().out
+    assert out == ("connpin ha demote: conntrackd -t: ok (3 ms) [demote]\n"
+                   "connpin ha demote: converge: failed: OSError: boom\n")
+    pid = os.getpid()
+    assert _received(syslog) == [f"<30>connpin-hook[{pid}]: {line}" for line in out.splitlines()]
+    assert cli.main(["-c", str(cfg), "ha", "fault", "--dry-run"]) == 0
+    assert cli.main(["-c", str(cfg), "ha", "conntrackd-conf"]) == 0
+    assert _received(syslog) == []
+    import sys
+
+    assert not isinstance(sys.stdout, logs._Tee) and not isinstance(sys.stderr, logs._Tee)
+
+
 def test_daemon_lines_carry_their_levels(tmp_path, monkeypatch, caplog) -> None:
     """A config that does not load on SIGHUP is an error, an error outside a converge a
     warning, a reload an info line (what journald shows with -p)."""

@@ -79,10 +79,12 @@ def test_counter_names_read_back() -> None:
     assert kc.split("new_7_a_b") == ("new", 7, "a_b")
     assert kc.split("other_7_a") is None and kc.split("in_x_a") is None
     assert kc.split("in_7_") is None
+    assert kc.split("reset_236_fibre") == ("reset", 236, "fibre")
     raw = {"new_1_b": (3, 180), "new_2_b": (1, 60), "out_1_b": (10, 1000), "in_2_b": (5, 500),
-           "out_9_a-1": (1, 28), "foreign": (9, 9)}
+           "out_9_a-1": (1, 28), "foreign": (9, 9), "reset_1_b": (2, 120), "reset_2_b": (1, 60)}
     assert kc.per_uplink(raw) == {
-        "b": Counters(new=4, packets_out=10, bytes_out=1000, packets_in=5, bytes_in=500),
+        "b": Counters(new=4, packets_out=10, bytes_out=1000, packets_in=5, bytes_in=500,
+                      resets=3),
         "a-1": Counters(packets_out=1, bytes_out=28)}
 
 
@@ -139,8 +141,19 @@ def test_scrape_output() -> None:
     key = (("target", "icmp:192.0.2.9"), ("uplink", "b"))
     assert got["connpin_uplink_rtt_seconds"][key] == 0.02
     assert got["connpin_uplink_loss_ratio"][key] == 0.1
+    assert "connpin_uplink_resets_total" not in got  # no uplink has on_down = "reset"
     raw["out_1_b"] = (1, 100)  # the table was replaced: the total goes on
     assert scrape(m)["connpin_uplink_bytes_total"][(("direction", "out"), ("uplink", "b"))] == 1100
+
+
+def test_resets_per_uplink_only_where_counted() -> None:
+    """connpin_uplink_resets_total{uplink}: only uplinks whose reset counters exist (on_down =
+    "reset"), interfaces of a pattern uplink summed, monotonic across a table reload."""
+    raw = {"new_1_b": (3, 180), "reset_1_b": (4, 240), "reset_2_b": (1, 60), "new_3_a": (1, 60)}
+    m = collector.Metrics("connpin", ["a", "b"], reader=lambda: dict(raw))
+    assert scrape(m)["connpin_uplink_resets_total"] == {(("uplink", "b"),): 5}
+    raw["reset_1_b"] = (1, 60)  # the table was replaced
+    assert scrape(m)["connpin_uplink_resets_total"] == {(("uplink", "b"),): 6}
 
 
 def test_a_failed_counter_read_still_scrapes_state() -> None:
@@ -165,7 +178,8 @@ def test_grafana_dashboard_uses_only_metrics_that_exist() -> None:
     dash = json.loads(path.read_text())
     exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
     used = {n for e in exprs for n in re.findall(r"connpin_[a-z_]+", e)}
-    m = collector.Metrics("connpin", ["b"], reader=lambda: {"out_1_b": (1, 2)})
+    m = collector.Metrics("connpin", ["b"], reader=lambda: {"out_1_b": (1, 2),
+                                                            "reset_1_b": (1, 60)})
     m.converged(1.0, True, [SimpleNamespace(uplink="b", up=True)],
                 [f"{Flush('b', 'x', 1, 'y')}: 1 flushed"])
     m.event("kernel")

@@ -64,7 +64,8 @@ def flush_stranded(config: Config, observed: Observed) -> tuple[int, int]:
 
 
 def _foreign_table(config: Config) -> bool:
-    """Like `up`/`down`: never converge over an nft table of the same name connpin did not make."""
+    """Never converge over an nft table of the same name connpin did not make. Other conflicts
+    (`up`/`down` refuse them) do not stop a role change: a new master must converge."""
     if config.pinning.backend == "iptables":
         return False
     from connpin.kernel import inventory

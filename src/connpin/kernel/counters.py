@@ -3,7 +3,8 @@ nf_tables netlink dump of the table's counter objects (what `nft -j list counter
 asks the kernel, without starting a process: well under a millisecond), whose cost does not
 depend on the number of connections (no conntrack dump). `read_raw_nft` is that nft command, for
 comparison. Counter names are `new_I_U`, `out_I_U`, `in_I_U` (slot index I, uplink U): the uplink
-comes from the name itself, so no comment and no desired state is needed.
+comes from the name itself, so no comment and no desired state is needed. `reset_I_U`: resets
+sent for connections pinned to a dead uplink with on_down = "reset" (there without [metrics]).
 
 The request is a few fixed bytes and the replies are walked header by header, like
 kernel/conntrack.py (pyroute2 has no message class for nf_tables objects).
@@ -25,7 +26,7 @@ from connpin.kernel import netns as ns
 from connpin.kernel import nft
 from connpin.values import Counters
 
-KINDS = ("new", "out", "in")
+KINDS = ("new", "out", "in", "reset")
 
 NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES = 12, 10
 NFT_MSG_NEWOBJ, NFT_MSG_GETOBJ = 18, 19
@@ -155,6 +156,8 @@ def per_uplink(raw: dict[str, tuple[int, int]]) -> dict[str, Counters]:
         c = out.get(uplink, Counters())
         if kind == "new":
             c = replace(c, new=c.new + packets)
+        elif kind == "reset":
+            c = replace(c, resets=c.resets + packets)
         elif kind == "out":
             c = replace(c, packets_out=c.packets_out + packets, bytes_out=c.bytes_out + nbytes)
         else:

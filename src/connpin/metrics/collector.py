@@ -192,9 +192,15 @@ class _Collector(Collector):
             d = per.setdefault(uplink, {})
             old = d.get(kind, (0, 0))
             d[kind] = (old[0] + value[0], old[1] + value[1])
+        resets = CounterMetricFamily("connpin_uplink_resets",
+                                     "Packets of the uplink's pinned connections answered with a "
+                                     "TCP reset or ICMP error while it was dead or down "
+                                     "(on_down = \"reset\")", labels=["uplink"])
         for n in names + sorted(set(per) - set(names)):
             d = per.get(n, {})
             new.add_metric([n], d.get("new", (0, 0))[0])
+            if "reset" in d:  # only uplinks with on_down = "reset" have the counter
+                resets.add_metric([n], d["reset"][0])
             for direction in ("out", "in"):
                 p, b = d.get(direction, (0, 0))
                 packets.add_metric([n, direction], p)
@@ -202,6 +208,8 @@ class _Collector(Collector):
         yield new
         yield packets
         yield nbytes
+        if resets.samples:
+            yield resets
 
     @staticmethod
     def _health(record: dict[str, dict]) -> Iterator[Any]:

@@ -154,25 +154,44 @@ def _counter_objects(uplinks: Sequence[UplinkState]) -> list[str]:
     return out
 
 
-def _reset_set(marks: Sequence[tuple[int, int]]) -> list[str]:
+def reset_counter_name(u: UplinkState) -> str:
+    """The named counter of the resets sent for one interface of an uplink with on_down =
+    "reset" (`reset_I_U`, read like counter_names' counters)."""
+    return f"reset_{u.slot.index}_{u.uplink}"
+
+
+def _resetting(config: Config, uplinks: Sequence[UplinkState]) -> list[UplinkState]:
+    names = {u.name for u in config.uplinks if u.on_down == "reset"}
+    return [u for u in uplinks if u.uplink in names]
+
+
+def _reset_set(marks: Sequence[tuple[int, int]], resetting: Sequence[UplinkState] = ()
+               ) -> list[str]:
     """on_down = "reset": the (family, mark) pairs whose connections are reset (its elements
-    change, in place, when an uplink dies in a family or both, goes down or comes back)."""
+    change, in place, when an uplink dies in a family or both, goes down or comes back), and
+    the counters of resets sent per interface of the uplinks with on_down = "reset" (there
+    whatever [metrics] says: they are the only trace of the connections connpin ended)."""
     out = ["\t# on_down = \"reset\": family . mark of the uplinks that are dead or down now",
            "\tset dead_marks {\n\t\ttype nf_proto . mark"]
     if marks:
         pairs = ", ".join(f"ipv{f} . {_hex(m)}" for f, m in marks)
         out.append(f"\t\telements = {{ {pairs} }}")
     out.append("\t}\n")
+    if resetting:
+        out.append("\t# on_down = \"reset\": resets (and ICMP errors) sent, per uplink interface")
+    out += [f"\tcounter {reset_counter_name(u)} {{\n\t}}\n" for u in resetting]
     return out
 
 
 def _count_new(config: Config, u: UplinkState) -> str:
     """pin_N's first rule with counters: count a connection when it becomes pinned to N (a
-    connection stays `new` until answered: its later packets find the mark already set)."""
+    connection stays `new` until answered: its later packets find the mark already set). Not
+    the router's own: `output` may choose N and `postrouting` re-pin it to the uplink it
+    really leaves by (a device-bound socket), so count_N counts those once, at the end."""
     if not _counters_on(config):
         return ""
     mask = config.pinning.mark_mask
-    return (f"\t\tct mark and {_hex(mask)} != {_hex(u.slot.mark)} "
+    return (f"\t\tct mark and {_hex(mask)} != {_hex(u.slot.mark)} fib saddr type != local "
             f'counter name "{counter_names(u)[0]}"\n')
 
 
@@ -187,7 +206,11 @@ def _count_in(config: Config, u: UplinkState) -> str:
 def _count_out_chains(config: Config, uplinks: Sequence[UplinkState]) -> list[str]:
     if not _counters_on(config):
         return []
+    # the router's own new connection, pinned for good: counted at its first packet (the only
+    # one before conntrack confirms the entry; a retransmitted SYN finds it confirmed)
     return [f"\tchain count_{u.slot.index} {{\n"
+            f"\t\tct status & confirmed == 0 fib saddr type local "
+            f'counter name "{counter_names(u)[0]}"\n'
             f'\t\toifname "{u.interface}" counter name "{counter_names(u)[1]}"\n\t}}\n'
             for u in uplinks]
 
@@ -200,7 +223,8 @@ def _count_out_rule(config: Config) -> str:
     return f"\t\tct mark and {_hex(config.pinning.mark_mask)} vmap @count_by_mark\n"
 
 
-def _reset_chains(mask: int, interfaces: Sequence[str]) -> list[str]:
+def _reset_chains(mask: int, interfaces: Sequence[str],
+                  resetting: Sequence[UplinkState] = ()) -> list[str]:
     """on_down = "reset": a packet sent from the inside (or by the router) in a connection
     pinned to a mark of @dead_marks is answered with a TCP reset (ICMP admin-prohibited for
     other protocols: a hard error a connected UDP socket reports, EHOSTUNREACH / EACCES, where
@@ -208,8 +232,10 @@ def _reset_chains(mask: int, interfaces: Sequence[str]) -> list[str]:
     of connections that did not arrive on an uplink: connections from the outside are left to
     time out. Before routing (prerouting, output before connpin's re-route), so a link that is
     down resets too. The router's packets that already carry a mark of connpin's (health
-    probes, SO_MARK) pass."""
+    probes, SO_MARK) pass. Each reset is counted on its uplink interface's counter."""
     m = _hex(mask)
+    count = "".join(f"\t\tct mark and {m} == {_hex(u.slot.mark)} "
+                    f'counter name "{reset_counter_name(u)}"\n' for u in resetting)
     dead = f"meta nfproto . ct mark and {m} @dead_marks"
     names = ", ".join(f'"{i}"' for i in interfaces)
     inside = f" iifname != {{ {names} }}" if interfaces else ""
@@ -224,7 +250,7 @@ def _reset_chains(mask: int, interfaces: Sequence[str]) -> list[str]:
         "\t\ttype filter hook output priority mangle - 1; policy accept;\n"
         f"\t\tct direction original meta mark and {m} == 0 {dead} jump dead_reject\n"
         "\t}\n"
-        "\n\tchain dead_reject {\n"
+        "\n\tchain dead_reject {\n" + count +
         "\t\tmeta l4proto tcp reject with tcp reset\n"
         "\t\treject with icmpx type admin-prohibited\n"
         "\t}"
@@ -270,7 +296,7 @@ def body(config: Config, uplinks: Sequence[UplinkState],
     out.append("\tset never_pinned6 {\n\t\ttype ipv6_addr\n\t\tflags interval\n"
                f"\t\telements = {{ {', '.join(NEVER_PINNED6)} }}\n\t}}\n")
     if dead_marks is not None:
-        out += _reset_set(dead_marks)
+        out += _reset_set(dead_marks, _resetting(config, uplinks))
     for u in uplinks:  # one slot per interface: alloc never gives two the same mark
         out.append(f"\t# {u.uplink} ({u.interface}): {_hex(u.slot.mark)}, table {u.slot.table}")
         out.append(f"\tchain pin_{u.slot.index} {{\n" + _count_new(config, u) +
@@ -346,7 +372,8 @@ def body(config: Config, uplinks: Sequence[UplinkState],
                        f"{{ {pairs} }}")
         out.append("\t}")
     if dead_marks is not None:
-        out += _reset_chains(mask, sorted({u.interface for u in uplinks}))
+        out += _reset_chains(mask, sorted({u.interface for u in uplinks}),
+                             _resetting(config, uplinks))
     out.append("}")
     return "\n".join(out) + "\n"
 
