@@ -103,5 +103,5 @@ def answered_rule(config: Any, u: UplinkState) -> str:
     if not checked(config, u):
         return ""
     label = config.passive.label
-    return (f"\t\tct direction reply ct label {label - 1} ct label != {label} "
+    return (f"\t\tct direction reply ct label {label - 1} ct label ! {label} "
             f'ct label set {label} counter name "{counter_names(u)[1]}"\n')

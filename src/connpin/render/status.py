@@ -65,7 +65,14 @@ def health(h: Mapping[str, Any] | None) -> dict | None:
         "state": h["state"], "since": _health_since(h), "reason": h.get("reason", ""),
         "targets": [{k: t.get(k) for k in ("target", "rtt_ms", "srtt_ms", "loss", "probes",
                                            "lost")} for t in h.get("targets") or ()],
+        "passive": _passive(h.get("passive")),
     }
+
+
+def _passive(p: Any) -> dict | None:
+    """The passive signal's figures (sent, answered, unanswered, hurries) or None."""
+    keys = ("sent", "answered", "unanswered", "hurries")
+    return {k: p.get(k) for k in keys} if isinstance(p, Mapping) else None
 
 
 def _since(since: Mapping[str, Any], iface: str, family: str, up: bool) -> str | None:
