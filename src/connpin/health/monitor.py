@@ -95,7 +95,7 @@ class _Uplink:
     tracker: Any
     interval: float
     fast: bool = False
-    hurried: bool = False  # `hurry`: burst until an answer comes or the uplink is dead
+    hurried: float | None = None  # `hurry` (when): burst until a later probe is answered or dead
 
 
 class Monitor:
@@ -121,13 +121,15 @@ class Monitor:
         self.schedule.add(name, targets, interval, now)
 
     def _pace(self, name: Hashable, u: _Uplink, now: float,
-              answered: bool = False) -> None:
+              answered: float | None = None) -> None:
         """Probe `burst` times faster while the tracker calls the uplink suspect (or it was
-        hurried and neither answered nor died since)."""
-        if u.hurried and (answered or u.tracker.state(name) == DEAD):
-            u.hurried = False
+        hurried, and no probe sent since was answered (`answered`: its send time), nor did it
+        die)."""
+        if u.hurried is not None and ((answered is not None and answered >= u.hurried)
+                                      or u.tracker.state(name) == DEAD):
+            u.hurried = None
         suspect = getattr(u.tracker, "suspect", None)
-        fast = bool(suspect is not None and suspect(name)) or u.hurried
+        fast = bool(suspect is not None and suspect(name)) or u.hurried is not None
         if fast != u.fast:
             u.fast = fast
             self.schedule.add(name, u.targets, self._fast(u) if fast else u.interval, now,
@@ -138,7 +140,7 @@ class Monitor:
         the default budget would make it (a slow `rate` must not slow a hurried check)."""
         p = u.tracker.params
         base = u.interval
-        if u.hurried:
+        if u.hurried is not None:
             base = min(base, max(p.min_interval, sum(t.cost for t in u.targets) / HURRY_RATE))
         return base / p.burst
 
@@ -148,8 +150,9 @@ class Monitor:
         u = self._uplinks.get(name)
         if u is None or u.fast or u.tracker.state(name) == DEAD:
             return False
-        u.hurried = u.fast = True
-        self.schedule.add(name, u.targets, self._fast(u), self.clock(), phase=0.0)
+        now = self.clock()
+        u.hurried, u.fast = now, True
+        self.schedule.add(name, u.targets, self._fast(u), now, phase=0.0)
         return True
 
     def remove(self, name: Hashable) -> None:
@@ -177,7 +180,7 @@ class Monitor:
             if self.keep_results:
                 self.results.append(r)
             out += u.tracker.record(r.key, r.target, r.sent_at, r.rtt, r.done_at)
-            self._pace(r.key, u, r.done_at, answered=r.rtt is not None)
+            self._pace(r.key, u, r.done_at, None if r.rtt is None else r.sent_at)
         now = self.clock()
         seen: set[int] = set()
         for u in self._uplinks.values():
