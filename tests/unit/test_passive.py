@@ -182,3 +182,19 @@ def test_watcher_reads_every_period_and_hurries_probed_uplinks() -> None:
     assert w.figures("a") == {"sent": 15, "answered": 0, "unanswered": 8, "hurries": 1}
     assert wp.spec(model.loads("[health]\npassive = false\n" + BASE + CHECK)) is None
     assert wp.spec(model.loads(BASE)) is None
+
+
+def test_metric_passive_connections() -> None:
+    from test_metrics_collector import scrape
+
+    from connpin.metrics import collector
+
+    raw = {"new_1_b": (3, 180), "sent_1_b": (7, 400), "answered_1_b": (6, 300)}
+    got = scrape(collector.Metrics("connpin", ["b"], reader=lambda: dict(raw)))
+    fam = got["connpin_uplink_passive_connections_total"]
+    assert fam == {(("kind", "sent"), ("uplink", "b")): 7,
+                   (("kind", "answered"), ("uplink", "b")): 6}
+    assert got["connpin_uplink_new_connections_total"][(("uplink", "b"),)] == 3
+    raw = {"new_1_b": (3, 180)}
+    got = scrape(collector.Metrics("connpin", ["b"], reader=lambda: dict(raw)))
+    assert "connpin_uplink_passive_connections_total" not in got
