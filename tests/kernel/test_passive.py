@@ -98,6 +98,7 @@ def test_passive_signal_hurries_probes_but_never_kills() -> None:
                       "no hurry while connections are answered")
             finally:
                 opener.stop()
+            assert status(lab)["drift"] == [], status(lab)["drift"]  # the kernel holds the plan
             p = passive_of(lab, "isp1")
             assert p["sent"] >= p["answered"] >= 20 and p["hurries"] == 0, p
             verbose = lab.connpin("status", "-v", check=False).stdout
