@@ -146,9 +146,10 @@ class Monitor:
 
     def hurry(self, name: Hashable) -> bool:
         """Burst `name`'s probes now (the passive signal called it suspect): its next round
-        starts at once. False when it is not probed, dead, or already bursting."""
+        starts at once (also when lost probes already made it suspect: at a slow `rate` that
+        pace is slow). False when it is not probed, dead, or already hurried."""
         u = self._uplinks.get(name)
-        if u is None or u.fast or u.tracker.state(name) == DEAD:
+        if u is None or u.hurried is not None or u.tracker.state(name) == DEAD:
             return False
         now = self.clock()
         u.hurried, u.fast = now, True
