@@ -198,3 +198,22 @@ def test_metric_passive_connections() -> None:
     raw = {"new_1_b": (3, 180)}
     got = scrape(collector.Metrics("connpin", ["b"], reader=lambda: dict(raw)))
     assert "connpin_uplink_passive_connections_total" not in got
+
+
+def test_other_label_users_conflict_only_when_passive_renders() -> None:
+    from connpin import conflicts as C
+
+    doc = {"nftables": [{"rule": {"family": "inet", "table": "other", "chain": "c",
+                                  "handle": 4, "expr": [{"mangle": {
+                                      "key": {"ct": {"key": "label"}}, "value": 127}}]}},
+                        {"rule": {"family": "inet", "table": "connpin", "chain": "pin_1",
+                                  "handle": 5, "expr": [{"mangle": {
+                                      "key": {"ct": {"key": "label"}}, "value": 126}}]}}]}
+    inv = C.Inventory(writes=tuple(C.nft_writes(doc)), own_tables=("connpin",))
+    found = C.conflicts(model.loads(BASE + CHECK), inv)
+    assert [(c.kind, c.where) for c in found] == [("label", "nft table inet other chain c "
+                                                             "handle 4")]
+    assert "health.passive_label" in str(found[0]) and C.blocking(found) == found
+    assert C.conflicts(model.loads(BASE), inv) == []  # no check: no labels used
+    assert C.conflicts(model.loads("[health]\npassive_label = 100\n" + BASE + CHECK), inv) == []
+    assert C.used_bits(model.loads(BASE + CHECK), inv) == 0  # not mark bits
