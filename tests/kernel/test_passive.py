@@ -4,6 +4,7 @@ alone need ~9 s to call a blackholed ISP dead), while a LAN host opens ~10 new T
 per second through the best uplink. connpin's nft table counts them (`sent`) and their first
 replies (`answered`); unanswered ones make the uplink suspect, which only hurries its probes.
 
+- another nft rule setting label bit 127 is a conflict `connpin check` names;
 - healthy: the counters count, and no hurry happens while connections are answered;
 - a LAN host scanning an address that never answers, through a healthy uplink: hurries happen
   (the signal cannot tell), the burst of probes is answered, the uplink is never dead;
@@ -86,6 +87,12 @@ def test_passive_signal_hurries_probes_but_never_kills() -> None:
         lab.write_config(text + "\n[health]\nrate = 0.5\n")
         plan = lab.connpin("plan").stdout
         assert re.search(r'ct label set 126 counter name "sent_\d+_isp1"', plan), plan
+        lab.exec("router", ["nft", "-f", "-"], input=(  # another user of label bit 127
+            "table inet other {\n chain c {\n  type filter hook prerouting priority 0;\n"
+            "  ct label set 127\n }\n}\n"))
+        check = lab.connpin("check", check=False)
+        assert check.returncode != 0 and "sets conntrack label bit 127" in check.stdout, check
+        lab.exec("router", ["nft", "delete", "table", "inet", "other"])
         with watching(lab) as daemon:
             wait_health(lab, {"isp1": "alive", "isp2": "alive"}, daemon, 20)
 
