@@ -36,6 +36,7 @@ class MarkWrite:
     target: str  # "meta mark" | "ct mark"
     bits: int  # the bits it may change; ALL when it writes the whole mark
     rule: str  # how to find it: nft handle or iptables-save line
+    label: int | None = None  # `ct label set N` (target "ct label", bits 0): the label bit
 
     @property
     def where(self) -> str:
@@ -94,7 +95,7 @@ class Inventory:
 
 @dataclass(frozen=True)
 class Conflict:
-    kind: str  # write | match | band | range | lookup | table
+    kind: str  # write | match | band | range | lookup | table | label
     where: str
     message: str
     bits: int = 0
@@ -139,6 +140,11 @@ def nft_writes(doc: dict, skip_tables: Iterable[tuple[str, str]] = ()) -> list[M
             target = next((t for t in ("meta", "ct") if isinstance(key, dict) and
                            key.get(t, {}).get("key") == "mark"), None)
             if target is None:
+                value = mangle.get("value")
+                if isinstance(key, dict) and key.get("ct", {}).get("key") == "label" and \
+                        isinstance(value, int):
+                    out.append(MarkWrite("nft", rule["family"], rule["table"], rule["chain"],
+                                         "ct label", 0, f"handle {rule.get('handle')}", value))
                 continue
             out.append(MarkWrite("nft", rule["family"], rule["table"], rule["chain"],
                                  f"{target} mark", _bits(mangle.get("value"), key),
@@ -240,6 +246,7 @@ def conflicts(config: Config, inv: Inventory) -> list[Conflict]:
         how = "the whole mark (unmasked)" if w.bits == ALL else f"bits {w.bits:#010x}"
         shared("write", w.where, f"writes {w.target}: {how}; overlaps mark_mask {mask:#010x} "
                f"in {w.bits & mask:#010x}", w.bits & mask)
+    out += _labels(config, inv)
     for r in inv.rules:
         if r.protocol == OWNER_PROTO:
             continue
@@ -267,6 +274,19 @@ def conflicts(config: Config, inv: Inventory) -> list[Conflict]:
                                 f"table range {tables.start}..{tables.stop - 1}, not installed "
                                 "by connpin"))
     return out
+
+
+def _labels(config: Config, inv: Inventory) -> list[Conflict]:
+    """Other rules setting the conntrack label bits of the passive health signal (rendered
+    with `check` and [health] passive: bits passive_label - 1 and passive_label)."""
+    p = getattr(config, "passive", None)
+    if p is None or not p.enabled or not any(u.check for u in config.uplinks):
+        return []
+    return [Conflict("label", w.where, f"sets conntrack label bit {w.label}, which connpin's "
+                     f"passive health signal uses (bits {p.label - 1} and {p.label}): set "
+                     "health.passive_label to free bits, or health.passive = false")
+            for w in inv.writes if w.label in (p.label - 1, p.label)
+            and not _own_write(w, config, inv)]
 
 
 def blocking(found: list[Conflict]) -> list[Conflict]:

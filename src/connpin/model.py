@@ -27,6 +27,7 @@ from connpin.fields import ConfigError, _bool, _choice, _entry, _int, _unknown
 from connpin.ha import settings as ha_settings
 from connpin.health import settings as health_settings
 from connpin.health import targets as health_targets
+from connpin.health.passive import PassiveParams
 from connpin.health.tracker import Params as HealthParams
 from connpin.metrics import settings as metrics_settings
 
@@ -148,6 +149,7 @@ class Config:
         """connpin chooses the uplink of new connections (some weight or a [[class]])."""
         return bool(self.classes) or any(u.weight for u in self.uplinks)
     health: HealthParams = field(default_factory=HealthParams)  # [health]
+    passive: PassiveParams = field(default_factory=PassiveParams)  # [health] passive*
     ha: ha_settings.HA | None = None  # [ha]: one router of an HA pair (docs/ha.md)
     metrics: metrics_settings.Metrics | None = None  # [metrics]: counters and where to publish
 
@@ -268,7 +270,7 @@ def parse(doc: dict, path: str = "<config>") -> Config:
     names = {u.name for u in uplinks}
     classes = tuple(parse_class(path, i, c, names) for i, c in enumerate(raws))
     config = Config(pinning, uplinks, path, classes,
-                    health=_health(path, doc.get("health", {})),
+                    health=(hp := _health(path, doc.get("health", {})))[0], passive=hp[1],
                     ha=ha_settings.parse(path, doc.get("ha")),
                     metrics=metrics_settings.parse(path, doc.get("metrics")))
     _check_whole(config)
@@ -333,12 +335,12 @@ def _uplink(path: str, i: int, raw: Any, pinning: Pinning) -> Uplink:
                   nptv6, masq6, weight, check)
 
 
-def _health(path: str, raw: Any) -> HealthParams:
+def _health(path: str, raw: Any) -> tuple[HealthParams, PassiveParams]:
     if not isinstance(raw, dict):
         raise ConfigError(path, "health", "must be a table ([health])")
     _unknown(path, "health.", raw, set(health_settings.KEYS))
     try:
-        return health_settings.params(raw)
+        return health_settings.params(raw), health_settings.passive(raw)
     except health_settings.Invalid as e:
         raise ConfigError(path, f"health.{e.key}" if e.key else "health", e.message) from None
 

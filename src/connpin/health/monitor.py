@@ -12,7 +12,8 @@ packets over the budget, 10/s by default); its targets are probed at evenly spac
 within the round, each moved by up to +-10% of the spacing at random, and each uplink starts at
 a random phase, so uplinks' and targets' probes do not bunch up. While the tracker calls an
 uplink suspect (`Tracker.suspect`: its last probes were lost) its rounds run `burst` times
-faster, starting at once.
+faster, starting at once. `hurry` starts the same burst from outside (the passive signal:
+unanswered LAN connections), at least at the default budget's pace, until an answer or dead.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from typing import Any, Protocol
 
 from connpin.health.probe import Prober, Result, Via
 from connpin.health.targets import Target
-from connpin.health.tracker import Tracker, Transition
+from connpin.health.tracker import DEAD, Params, Tracker, Transition
 
 JITTER = 0.1  # of the spacing between two probes of one uplink
+HURRY_RATE = Params.rate  # packets/s a hurried uplink's round is at least paced at (x burst)
 
 
 class TrackerLike(Protocol):
@@ -93,6 +95,7 @@ class _Uplink:
     tracker: Any
     interval: float
     fast: bool = False
+    hurried: float | None = None  # `hurry` (when): burst until a later probe is answered or dead
 
 
 class Monitor:
@@ -117,14 +120,41 @@ class Monitor:
         self._uplinks[name] = _Uplink(via, tuple(targets), tr, interval)
         self.schedule.add(name, targets, interval, now)
 
-    def _pace(self, name: Hashable, u: _Uplink, now: float) -> None:
-        """Probe `burst` times faster while the tracker calls the uplink suspect."""
+    def _pace(self, name: Hashable, u: _Uplink, now: float,
+              answered: float | None = None) -> None:
+        """Probe `burst` times faster while the tracker calls the uplink suspect (or it was
+        hurried, and no probe sent since was answered (`answered`: its send time), nor did it
+        die)."""
+        if u.hurried is not None and ((answered is not None and answered >= u.hurried)
+                                      or u.tracker.state(name) == DEAD):
+            u.hurried = None
         suspect = getattr(u.tracker, "suspect", None)
-        fast = bool(suspect is not None and suspect(name))
+        fast = bool(suspect is not None and suspect(name)) or u.hurried is not None
         if fast != u.fast:
             u.fast = fast
-            burst = u.tracker.params.burst if fast else 1.0
-            self.schedule.add(name, u.targets, u.interval / burst, now, phase=0.0)
+            self.schedule.add(name, u.targets, self._fast(u) if fast else u.interval, now,
+                              phase=0.0)
+
+    def _fast(self, u: _Uplink) -> float:
+        """The burst's round: `burst` times faster, and while hurried at least as fast as
+        the default budget would make it (a slow `rate` must not slow a hurried check)."""
+        p = u.tracker.params
+        base = u.interval
+        if u.hurried is not None:
+            base = min(base, max(p.min_interval, sum(t.cost for t in u.targets) / HURRY_RATE))
+        return base / p.burst
+
+    def hurry(self, name: Hashable) -> bool:
+        """Burst `name`'s probes now (the passive signal called it suspect): its next round
+        starts at once (also when lost probes already made it suspect: at a slow `rate` that
+        pace is slow). False when it is not probed, dead, or already hurried."""
+        u = self._uplinks.get(name)
+        if u is None or u.hurried is not None or u.tracker.state(name) == DEAD:
+            return False
+        now = self.clock()
+        u.hurried, u.fast = now, True
+        self.schedule.add(name, u.targets, self._fast(u), now, phase=0.0)
+        return True
 
     def remove(self, name: Hashable) -> None:
         self._uplinks.pop(name, None)
@@ -151,7 +181,7 @@ class Monitor:
             if self.keep_results:
                 self.results.append(r)
             out += u.tracker.record(r.key, r.target, r.sent_at, r.rtt, r.done_at)
-            self._pace(r.key, u, r.done_at)
+            self._pace(r.key, u, r.done_at, None if r.rtt is None else r.sent_at)
         now = self.clock()
         seen: set[int] = set()
         for u in self._uplinks.values():

@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from connpin.kernel import counters as kc
+from connpin.render import passive as rp
 
 #: Converge durations (seconds): a no-op converge takes a few ms, a full apply tens to hundreds.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -147,6 +148,20 @@ class Metrics:
             return self.totals.update(raw)
 
 
+def _passive(totals: dict[str, tuple[int, int]]) -> Iterator[Any]:
+    """The passive health signal's counters (render/passive.py), when rendered."""
+    per = rp.per_uplink(totals)
+    if not per:
+        return
+    fam = CounterMetricFamily("connpin_uplink_passive_connections",
+                              "Outbound connections pinned to a checked uplink (sent) and those "
+                              "answered (passive health signal)", labels=["uplink", "kind"])
+    for n in sorted(per):
+        fam.add_metric([n, "sent"], per[n][0])
+        fam.add_metric([n, "answered"], per[n][1])
+    yield fam
+
+
 def _ms_to_s(v: Any) -> float | None:
     return None if v is None else float(v) / 1000
 
@@ -210,6 +225,7 @@ class _Collector(Collector):
         yield nbytes
         if resets.samples:
             yield resets
+        yield from _passive(totals)
 
     @staticmethod
     def _health(record: dict[str, dict]) -> Iterator[Any]:

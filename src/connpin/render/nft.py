@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from connpin.const import CHOICE_SPACE as SPACE
 from connpin.const import NEVER_PINNED6
+from connpin.render import passive
 
 if TYPE_CHECKING:
     from connpin.choice import Choice
@@ -293,6 +294,7 @@ def body(config: Config, uplinks: Sequence[UplinkState],
     out += _choose_maps(choices)
     if _counters_on(config):
         out += _counter_objects(uplinks)
+    out += passive.objects(config, list(uplinks))
     out.append("\tset never_pinned6 {\n\t\ttype ipv6_addr\n\t\tflags interval\n"
                f"\t\telements = {{ {', '.join(NEVER_PINNED6)} }}\n\t}}\n")
     if dead_marks is not None:
@@ -300,8 +302,10 @@ def body(config: Config, uplinks: Sequence[UplinkState],
     for u in uplinks:  # one slot per interface: alloc never gives two the same mark
         out.append(f"\t# {u.uplink} ({u.interface}): {_hex(u.slot.mark)}, table {u.slot.table}")
         out.append(f"\tchain pin_{u.slot.index} {{\n" + _count_new(config, u) +
+                   passive.sent_rule(config, u) +
                    f"\t\tct mark set ct mark and {keep} or {_hex(u.slot.mark)}\n\t}}\n")
         out.append(f"\tchain restore_{u.slot.index} {{\n" + _count_in(config, u) +
+                   passive.answered_rule(config, u) +
                    f"\t\tmeta mark set meta mark and {keep} or {_hex(u.slot.mark)}\n\t}}\n")
     out += _count_out_chains(config, uplinks)
     out += _choose_chains(choices)

@@ -66,6 +66,7 @@ def health(h: Mapping[str, Any] | None) -> dict | None:
         "targets": [{k: t.get(k) for k in ("target", "rtt_ms", "srtt_ms", "loss", "probes",
                                            "lost")} for t in h.get("targets") or ()],
         **_families(h),
+        "passive": _passive(h.get("passive")),
     }
 
 
@@ -78,6 +79,12 @@ def _families(h: Mapping[str, Any]) -> dict:
     return {"families": {f: {"state": s.get("state"), "since": _health_since(s),
                              "reason": s.get("reason", "")}
                          for f, s in sorted(fams.items()) if isinstance(s, Mapping)}}
+
+
+def _passive(p: Any) -> dict | None:
+    """The passive signal's figures (sent, answered, unanswered, hurries) or None."""
+    keys = ("sent", "answered", "unanswered", "hurries")
+    return {k: p.get(k) for k in keys} if isinstance(p, Mapping) else None
 
 
 def _since(since: Mapping[str, Any], iface: str, family: str, up: bool) -> str | None:

@@ -193,6 +193,9 @@ def _detail(u: Mapping[str, Any], now: str | None) -> list[str]:
                          str(t.get("lost", "-"))))
         if len(rows) > 1:
             out += columns(rows, indent="    ", width=WIDTH)
+        if p := h.get("passive"):
+            out.append(f"  passive: {p['sent']} sent, {p['answered']} answered, "
+                       f"{p['unanswered']} unanswered now, {p['hurries']} hurries")
     return [ln for line in out for ln in wrap(line, WIDTH, indent="    ", sep=", ")]
 
 

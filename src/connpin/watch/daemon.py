@@ -241,7 +241,7 @@ class Watcher:
             self.health = health.Health(self.config.health, health.wake_fd(self._wake_w),
                                         self.log, self.clock)
             self.health.start()
-        self.health.update(*health.wanted(self.config, result))
+        self.health.update(*health.wanted(self.config, result), health.passive_of(self.config))
 
     def _health_stop(self) -> None:
         if self.health is not None:

@@ -149,6 +149,7 @@ class Health:
         self._prober = prober
         self._lock = threading.Lock()
         self._update: tuple[Wanted, dict[str, str]] | None = None
+        self._passive_spec: Any = None  # watch.passive.Spec (the passive signal) or None
         self._transitions: list[Transition] = []
         self._snapshot: dict[str, dict] = {}
         self._stop = threading.Event()
@@ -159,6 +160,7 @@ class Health:
         self._tracker = Tracker(params)
         self._monitor: Any = None
         self._refresh = float("-inf")
+        self._passive: Any = None  # watch.passive.Watcher
 
     # -- the daemon's side ------------------------------------------------------------------------
     def start(self) -> None:
@@ -170,10 +172,12 @@ class Health:
         if self._thread is not None:
             self._thread.join(wait)
 
-    def update(self, want: Wanted, why: dict[str, str]) -> None:
-        """What to probe from now on (applied by the thread before its next step)."""
+    def update(self, want: Wanted, why: dict[str, str], passive: Any = None) -> None:
+        """What to probe from now on (applied by the thread before its next step), and the
+        passive signal's `watch.passive.Spec` (None: off)."""
         with self._lock:
             self._update = (dict(want), dict(why))
+            self._passive_spec = passive
 
     def take(self) -> tuple[list[Transition], dict[str, dict]]:
         """Transitions since the last call, and the latest snapshot (uplink -> figures)."""
@@ -197,13 +201,17 @@ class Health:
 
         if self._prober is None:
             self._prober = Prober(None, self.clock)
+        from connpin.watch.passive import Watcher
+
         self._monitor = Monitor(self._prober, self._tracker)
+        self._passive = Watcher(self.log, self.clock)
         self._refresh = float("-inf")
 
     def step(self) -> None:
         """Apply an update, probe for up to STEP seconds, publish transitions and figures."""
         out = self._apply()
         out += self._monitor.step(self.clock() + STEP)
+        self._passive.poll(self._monitor, self._have)
         now = self.clock()
         if out or now >= self._refresh:
             self._refresh = now + REFRESH
@@ -231,6 +239,7 @@ class Health:
     def _apply(self) -> list[Transition]:
         with self._lock:
             update, self._update = self._update, None
+            self._passive.configure(self._passive_spec)
         if update is None:
             return []
         want, why = update
@@ -266,6 +275,9 @@ class Health:
     def _snap(self) -> dict[str, dict]:
         out = {name: snapshot(self._tracker.snapshot(name), spec[0], self.clock)
                for name, spec in self._have.items()}
+        for name, h in out.items():
+            if (p := self._passive.figures(name)) is not None:
+                h["passive"] = p
         for name, (since, reason, state) in self._absent.items():
             out[name] = {"state": state, "since": _wall(since, self.clock), "reason": reason,
                          "at": round(time.time() - (self.clock() - since), 3),
@@ -279,6 +291,13 @@ def wake_fd(fd: int) -> Callable[[], None]:
         with contextlib.suppress(OSError):
             os.write(fd, b"h")
     return wake
+
+
+def passive_of(config: Any) -> Any:
+    """The passive signal's spec for `Health.update` (watch/passive.py)."""
+    from connpin.watch import passive
+
+    return passive.spec(config)
 
 
 def transition_line(t: Transition) -> str:
