@@ -164,6 +164,12 @@ def jittered(lab: Lab, k: int) -> str | None:
     return None if j is None else j.how
 
 
+def delay_line(lab: Lab, k: int) -> subprocess.Popen[str] | None:
+    """The delay line process behind ISP k's nfqueue jitter (None: none), e.g. to kill it."""
+    j = _jitters.get(lab, {}).get(k)
+    return None if j is None else j.proc
+
+
 def dropped(lab: Lab, k: int) -> int:
     """Packets ISP k's fault rules have dropped (0 without a fault)."""
     out = lab.exec(f"isp{k}", ["nft", "list", "table", "inet", TABLE], check=False).stdout
