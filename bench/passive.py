@@ -34,6 +34,7 @@ import _common as C
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from connpin.lab import Lab, faults  # noqa: E402
+from connpin.lab.opener import Opener  # noqa: E402
 
 RATE = 0.5
 EXTRA = ("203.0.113.11", "203.0.113.13")
@@ -70,36 +71,6 @@ class Daemon:
     def stop(self) -> None:
         C.stop(self.proc)
         self._reader.join(5)
-
-
-class Opener:
-    """New TCP connections from the LAN host every `interval` s, each in its own thread."""
-
-    def __init__(self, lab: Lab, interval: float = 0.1) -> None:
-        self.lab, self.interval = lab, interval
-        self.results: list[tuple[float, str | None]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _one(self, started: float) -> None:
-        try:
-            peer = self.lab.connect(timeout=1.0)
-        except Exception:  # noqa: BLE001 - unanswered
-            peer = None
-        self.results.append((started, peer))
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            threading.Thread(target=self._one, args=(time.monotonic(),), daemon=True).start()
-
-    def first_by(self, k: int, after: float) -> float | None:
-        times = [t for t, p in list(self.results) if t >= after and self.lab.uplink_of(p) == k]
-        return min(times) if times else None
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
 
 def config(lab: Lab, passive: bool) -> str:

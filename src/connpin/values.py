@@ -148,3 +148,13 @@ class Counters:
     packets_in: int = 0  # packets of its pinned connections arriving from it
     bytes_in: int = 0
     resets: int = 0  # on_down = "reset": packets of its pinned connections answered with a reset
+
+
+def split_counter(name: str, kinds: tuple[str, ...]) -> tuple[str, int, str] | None:
+    """A per-uplink counter's name `KIND_INDEX_UPLINK` (`out_236_fibre`) -> (kind, index,
+    uplink), for the kinds given; None for any other name (not connpin's, or another kind)."""
+    kind, _, rest = name.partition("_")
+    index, _, uplink = rest.partition("_")
+    if kind not in kinds or not index.isdigit() or not uplink:
+        return None
+    return kind, int(index), uplink

@@ -16,7 +16,6 @@ Deadlines, not sleeps.
 from __future__ import annotations
 
 import re
-import threading
 import time
 
 from helpers import KERNEL, holds, wait_for
@@ -24,44 +23,13 @@ from test_health_watch import wait_health
 from test_watch import status, watching
 
 from connpin.lab import Lab, faults
+from connpin.lab.opener import Opener
 
 pytestmark = KERNEL
 
 EXTRA = ("203.0.113.11", "203.0.113.13")  # more probe targets, on the net host's lo
 SCAN = "203.0.113.12"  # an address on the net host that never answers (dropped on input)
 PROBES_ALONE = 6.0  # the least time probes alone need here (3 lost rounds of 2 s spacing)
-
-
-class Opener:
-    """A LAN host starting a new TCP connection every `interval` s (each in its own thread, so
-    unanswered ones do not slow the rate); the peers the server saw, with their start times."""
-
-    def __init__(self, lab: Lab, dst: str = Lab.SERVER, port: int = 7,
-                 interval: float = 0.1) -> None:
-        self.lab, self.dst, self.port, self.interval = lab, dst, port, interval
-        self.results: list[tuple[float, str | None]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _one(self, started: float) -> None:
-        try:
-            peer = self.lab.connect(dst=self.dst, port=self.port, timeout=1.0)
-        except Exception:  # noqa: BLE001 - counted as unanswered
-            peer = None
-        self.results.append((started, peer))
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            threading.Thread(target=self._one, args=(time.monotonic(),), daemon=True).start()
-
-    def first_by(self, k: int, after: float) -> float | None:
-        times = [t for t, peer in self.results if t >= after and self.lab.uplink_of(peer) == k]
-        return min(times) if times else None
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
 
 def passive_of(lab: Lab, uplink: str) -> dict:

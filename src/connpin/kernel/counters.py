@@ -24,7 +24,7 @@ from dataclasses import replace
 
 from connpin.kernel import netns as ns
 from connpin.kernel import nft
-from connpin.values import Counters
+from connpin.values import Counters, split_counter
 
 KINDS = ("new", "out", "in", "reset")
 
@@ -138,11 +138,7 @@ def read_raw_nft(netns: str | None, table: str) -> dict[str, tuple[int, int]]:
 
 def split(name: str) -> tuple[str, int, str] | None:
     """`out_236_fibre` -> ("out", 236, "fibre"); None for a name that is not connpin's."""
-    kind, _, rest = name.partition("_")
-    index, _, uplink = rest.partition("_")
-    if kind not in KINDS or not index.isdigit() or not uplink:
-        return None
-    return kind, int(index), uplink
+    return split_counter(name, KINDS)
 
 
 def per_uplink(raw: dict[str, tuple[int, int]]) -> dict[str, Counters]:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from connpin.values import split_counter
+
 if TYPE_CHECKING:
     from connpin.values import UplinkState
 
@@ -56,11 +58,7 @@ def counter_names(u: UplinkState) -> tuple[str, str]:
 
 def split(name: str) -> tuple[str, int, str] | None:
     """`sent_3_fibre` -> ("sent", 3, "fibre"); None for any other name."""
-    kind, _, rest = name.partition("_")
-    index, _, uplink = rest.partition("_")
-    if kind not in KINDS or not index.isdigit() or not uplink:
-        return None
-    return kind, int(index), uplink
+    return split_counter(name, KINDS)
 
 
 def per_uplink(raw: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
