@@ -140,7 +140,7 @@ def choose(config: Config, states: Iterable[UplinkState], family: int,
 def choices(config: Config, states: Sequence[UplinkState], family: int,
             dead: frozenset[str] = frozenset()) -> tuple[Choice, ...]:
     """Every class that can match in `family`, in order, then the default class. Empty when
-    connpin does not choose (no weight, no [[class]])."""
+    connpin does not choose (no check, weight or [[class]])."""
     if not config.selecting:
         return ()
     out = [Choice(family, c.name, c, choose(config, states, family, c.uplinks, dead))

@@ -207,8 +207,8 @@ def compute(config: Config, observed: Observed,
     rule_range, table_range = owned(config)
     back = backend(config, observed)
     if config.selecting and back != "nftables":
-        raise ConfigError(config.path, "pinning.backend", "connpin chooses uplinks (weight, "
-                          "[[class]]) only with nftables, and the nft tool is missing")
+        raise ConfigError(config.path, "pinning.backend", "connpin chooses uplinks (check, "
+                          "weight, [[class]]) only with nftables, and the nft tool is missing")
     for i, u in enumerate(config.uplinks):
         if back != "nftables" and u.on_down == "reset":
             raise ConfigError(config.path, f"uplink[{i}] ({u.name}).on_down", "\"reset\" needs "

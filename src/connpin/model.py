@@ -146,8 +146,9 @@ class Config:
 
     @property
     def selecting(self) -> bool:
-        """connpin chooses the uplink of new connections (some weight or a [[class]])."""
-        return bool(self.classes) or any(u.weight for u in self.uplinks)
+        """connpin chooses new connections' uplinks: a weight, a [[class]], or a `check` (only
+        connpin's choice can move new connections off a dead uplink)."""
+        return bool(self.classes) or any(u.weight or u.check for u in self.uplinks)
     health: HealthParams = field(default_factory=HealthParams)  # [health]
     passive: PassiveParams = field(default_factory=PassiveParams)  # [health] passive*
     ha: ha_settings.HA | None = None  # [ha]: one router of an HA pair (docs/ha.md)
@@ -492,7 +493,7 @@ def _check_selection(config: Config) -> None:
         seen.add(c.name)
     if config.selecting and config.pinning.backend == "iptables":
         raise ConfigError(config.path, "pinning.backend", "\"iptables\" cannot choose uplinks "
-                          "(weight, [[class]]): use \"nftables\" or leave those keys out")
+                          "(check, weight, [[class]]): use \"nftables\" or leave those keys out")
     for i, u in enumerate(config.uplinks):
         if u.on_down == "reset" and config.pinning.backend == "iptables":
             raise ConfigError(config.path, f"uplink[{i}] ({u.name}).on_down", "\"reset\" needs "

@@ -80,6 +80,8 @@ def wait_lines(path, count: int, timeout: float) -> list[str]:  # noqa: ANN001
 
 
 def test_watch_health_blackhole_status_hooks_and_recovery() -> None:
+    """`check` alone on each uplink (no weight, no class): health, status, event hooks, and new
+    connections leaving by the next uplink while the first is dead (connpin chooses by tier)."""
     with Lab(("ppp", "eth")) as lab:
         for k in lab.ks:
             lab.uplink_up(k)
@@ -98,6 +100,9 @@ def test_watch_health_blackhole_status_hooks_and_recovery() -> None:
                 f"icmp:{Lab.SERVER}", f"icmp:{EXTRA}", f"tcp:{Lab.SERVER}:443"]
             assert wait_lines(out, 2, 10) and not faults.dropped(lab, 1)
             n_lines, n_events = len(daemon.lines), len(wait_lines(out, 2, 0))
+            # `check` alone (no weight, no class): connpin chooses, by tier (file order)
+            assert status(lab)["new_connections"]["chosen_by"] == "connpin"
+            assert {lab.uplink_of(lab.connect(timeout=5.0)) for _ in range(3)} == {1}
 
             started = time.monotonic()
             faults.blackhole(lab, 1)
@@ -120,6 +125,7 @@ def test_watch_health_blackhole_status_hooks_and_recovery() -> None:
             assert re.search(r"^  isp1: dead: all 3 targets", text, re.M), text
             assert report["uplinks"][0]["state"] == "dead"
             assert report["uplinks"][0]["health"]["since"] is not None
+            until_new_by(lab, 2, time.monotonic(), 10, daemon)  # failover with `check` alone
             nagios = lab.connpin("status", "--nagios", check=False)
             assert nagios.returncode == 1, nagios.stdout
             assert nagios.stdout.startswith("CONNPIN WARNING - 1/2 uplinks live, isp1 dead")
@@ -134,6 +140,7 @@ def test_watch_health_blackhole_status_hooks_and_recovery() -> None:
             hooked = wait_lines(out, n_events + 2, 10)[n_events:]
             assert hooked[1].startswith("isp1|dead|alive|answers for"), hooked
             assert status(lab)["watch"]["dead"] == []
+            until_new_by(lab, 1, time.monotonic(), 10, daemon)  # and back
             assert not [ln for ln in daemon.lines if "isp2 alive -> " in ln]
 
 

@@ -154,6 +154,8 @@ BAD = [
      "integer"),
     ('[[uplink]]\nname = "a"\ninterface = "e"\nweight = 3\n[pinning]\nbackend = "iptables"\n',
      "pinning.backend", "cannot choose uplinks"),
+    ('[[uplink]]\nname = "a"\ninterface = "e"\ncheck = ["icmp:192.0.2.1"]\n[pinning]\n'
+     'backend = "iptables"\n', "pinning.backend", "(check, weight, [[class]])"),
     ('[[class]]\nname = "x"\nuplinks = ["nope"]\n', "class[0] (x).uplinks", "not a configured"),
     ('[[class]]\nname = "x"\n', "class[0].uplinks", "required"),
     ('[[class]]\nuplinks = ["a"]\n', "class[0].name", "required"),
@@ -205,3 +207,12 @@ def test_auto_backend_without_nft_refuses_choosing() -> None:
     config = model.loads(BASE + '[pinning]\nbackend = "auto"\n')
     with pytest.raises(ConfigError, match="only with nftables"):
         D.compute(config, D.Observed(imagined=True, nft=False))
+
+
+def test_check_alone_makes_connpin_choose() -> None:
+    """A health check means connpin chooses (only its choice moves new connections off a dead
+    uplink; tiers then follow the file order: tests/kernel/test_health_watch.py)."""
+    config = model.loads('[[uplink]]\nname = "a"\ninterface = "e1"\ncheck = ["icmp:192.0.2.1"]\n'
+                         '[[uplink]]\nname = "b"\ninterface = "e2"\ncheck = ["icmp:192.0.2.2"]\n')
+    assert config.selecting
+    assert not model.loads('[[uplink]]\nname = "a"\ninterface = "e1"\n').selecting
