@@ -51,12 +51,13 @@ MASK = 0x01FF0000  # 511 marks: room for 256 uplinks
 PRIO = 10000
 LAN_NET = "10.77.0.0/24"
 RECIPE_TABLE = 2000  # the recipe's tables: 2000 + i
-SETUPS = ("base", "recipe", "linear", "connpin")
+SETUPS = ("base", "recipe", "linear", "connpin", "checked")
 LABELS = {
     "base": "routing + masquerade",
     "recipe": "recipe (iptables + linear ip rules)",
     "linear": "connpin ruleset, linear ip rules",
     "connpin": "connpin (mark tree)",
+    "checked": "connpin, uplinks with check (passive signal rules)",
 }
 
 
@@ -231,12 +232,15 @@ class Bench:
         mid = len(spares) // 2 if len(real) == 1 else (n - len(real)) // 2
         return spares[:mid] + real + spares[mid:]
 
-    def connpin_config(self, n: int, extra: list[str] | None = None) -> str:
-        """N uplinks on marks 1..N (explicit: hashed names would collide in 511 marks)."""
+    def connpin_config(self, n: int, extra: list[str] | None = None, check: bool = False) -> str:
+        """N uplinks on marks 1..N (explicit: hashed names would collide in 511 marks); `check`:
+        each with a health check (the passive signal's counters and rules; no daemon runs, so
+        no probe is sent: only the per-packet cost of the rules is measured)."""
         text = f"[pinning]\nmark_mask = {MASK:#x}\nrule_priority = {PRIO}\n"
+        checked = f'check = ["icmp:{self.lab.SERVER}"]\n' if check else ""
         for i, iface in enumerate([*self.ifaces(n), *(extra or [])]):
             text += (f'\n[[uplink]]\nname = "u{i}"\ninterface = "{iface}"\nmasquerade = true\n'
-                     f"mark = {alloc.deposit(i + 1, MASK):#x}\n")
+                     f"mark = {alloc.deposit(i + 1, MASK):#x}\n{checked}")
         return text
 
     def sh(self, script: str, host: str = "router", timeout: float = 600) -> None:
@@ -325,6 +329,13 @@ class Bench:
         self.lab.connpin("apply")
 
     def _remove_connpin(self, n: int) -> None:
+        self.lab.connpin("remove")
+
+    def _install_checked(self, n: int) -> None:
+        self.lab.write_config(self.connpin_config(n, check=True))
+        self.lab.connpin("apply")
+
+    def _remove_checked(self, n: int) -> None:
         self.lab.connpin("remove")
 
     def _install_linear(self, n: int) -> None:
