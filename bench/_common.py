@@ -57,7 +57,7 @@ LABELS = {
     "recipe": "recipe (iptables + linear ip rules)",
     "linear": "connpin ruleset, linear ip rules",
     "connpin": "connpin (mark tree)",
-    "checked": "connpin, uplinks with check (passive signal rules)",
+    "checked": "connpin with check (chooses; passive signal rules)",
 }
 
 
@@ -233,14 +233,18 @@ class Bench:
         return spares[:mid] + real + spares[mid:]
 
     def connpin_config(self, n: int, extra: list[str] | None = None, check: bool = False) -> str:
-        """N uplinks on marks 1..N (explicit: hashed names would collide in 511 marks); `check`:
-        each with a health check (the passive signal's counters and rules; no daemon runs, so
-        no probe is sent: only the per-packet cost of the rules is measured)."""
+        """N uplinks on marks 1..N (explicit: hashed names would collide in 511 marks). `check`:
+        the real ISPs' uplinks get a health check and tier 1, the spares tier 2, so connpin
+        chooses among the real ones and renders the passive signal's rules for them; no daemon
+        runs (no probe is sent): what is measured is the rules' cost per packet."""
         text = f"[pinning]\nmark_mask = {MASK:#x}\nrule_priority = {PRIO}\n"
-        checked = f'check = ["icmp:{self.lab.SERVER}"]\n' if check else ""
+        real = {self.lab.iface(k) for k in self.lab.ks}
         for i, iface in enumerate([*self.ifaces(n), *(extra or [])]):
             text += (f'\n[[uplink]]\nname = "u{i}"\ninterface = "{iface}"\nmasquerade = true\n'
-                     f"mark = {alloc.deposit(i + 1, MASK):#x}\n{checked}")
+                     f"mark = {alloc.deposit(i + 1, MASK):#x}\n")
+            if check:
+                text += (f'priority = 1\ncheck = ["icmp:{self.lab.SERVER}"]\n' if iface in real
+                         else "priority = 2\n")
         return text
 
     def sh(self, script: str, host: str = "router", timeout: float = 600) -> None:
