@@ -14,6 +14,13 @@ a random phase, so uplinks' and targets' probes do not bunch up. While the track
 uplink suspect (`Tracker.suspect`: its last probes were lost) its rounds run `burst` times
 faster, starting at once. `hurry` starts the same burst from outside (the passive signal:
 unanswered LAN connections), at least at the default budget's pace, until an answer or dead.
+
+An uplink whose targets have both families (judged per family side by the Tracker) has one
+round per side (a `Lane`), each with an equal share of the budget, and the budget goes where the
+doubt is (`Monitor._lane_paces`): a side whose last probe was lost while the other answers gets
+the other lane's probes; after `SIDE_SUSPECT` lost in a row its lane bursts; every side losing
+is the whole round's burst. So a family dying alone is dead in under a second at the default
+budget (docs/health.md#per-family-health has the figures and the false-alarm bounds).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from connpin.health.targets import Target
 from connpin.health.tracker import DEAD, Params, Tracker, Transition, family_of
 
 JITTER = 0.1  # of the spacing between two probes of one uplink
-SIDE_SUSPECT = 2
+SIDE_SUSPECT = 2  # lost in a row on one side, while the other answers, that start its burst
 HURRY_RATE = Params.rate  # packets/s a hurried uplink's round is at least paced at (x burst)
 
 
@@ -195,22 +202,22 @@ class Monitor:
                                                                  dict[str, str]]:
         """Each lane's round interval now, and which lanes lend their probes to which: the
         budget goes where the doubt is. A side that lost its last probe while the others
-        answer gets the others' probes (same packets, its targets probed 2x as often); once
-        it is suspect (`suspect_after` lost in a row) its lane also gets the burst's budget
-        (burst x rate, less what the lenders spend). Every side that is not dead losing and
-        one suspect (a blackhole of the whole uplink), or hurried: every lane `burst` times
-        faster, as one round would be."""
+        answer gets the others' probes (same packets, its targets probed 2x as often); after
+        SIDE_SUSPECT lost in a row its lane also gets the burst's budget (burst x rate, less
+        what the lenders spend). Every side that is not dead losing, `suspect_after` lost in
+        a row over them (a blackhole of the whole uplink), or hurried: every lane `burst`
+        times faster, as one round would be (a dead side's lane keeps its pace)."""
         p = u.tracker.params
         if u.hurried is not None:
             n = len(u.lanes)
             return {f: min(u.normal[f], max(p.min_interval, _cost(ts) * n / HURRY_RATE))
                     / p.burst for f, ts in u.lanes.items()}, {}
-        streaks = u.tracker.streaks(name)
-        suspect = {f for f, n in streaks.items() if n >= p.suspect_after}
+        streaks = u.tracker.streaks(name)  # the sides that are not dead
         doubt = sorted(f for f, n in streaks.items() if n >= 1)
         if len(doubt) == len(streaks):  # every live side losing (or none live)
             if sum(streaks.values()) >= p.suspect_after:
-                return {f: v / p.burst for f, v in u.normal.items()}, {}
+                return {f: v / p.burst if f in streaks else v
+                        for f, v in u.normal.items()}, {}
             return dict(u.normal), {}
         lend = {f: doubt[0] for f in streaks if f not in doubt} if doubt else {}
         suspect = {f for f in doubt if streaks[f] >= SIDE_SUSPECT}

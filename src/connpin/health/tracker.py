@@ -27,9 +27,11 @@ Rules (defaults in `Params`):
   family has one side, which is the uplink (nothing changes). With both: the uplink is alive
   while any side is, dead when every side is, unknown otherwise; while no side is dead, the
   rule over all targets together (the one-list rule, its quorum from all of them) takes every
-  side down at once, so a blackhole of the whole uplink is as fast as before; once a side is
-  dead the other needs its own evidence (an IPv6 that never answers must not lower what IPv4
-  needs). The sides share the uplink's round and budget.
+  side down at once, so a blackhole of the whole uplink is as fast as before (also while the
+  dead sides died less than RECENT seconds ago: one side's burst may kill it first); once a
+  side has been dead longer the other needs its own evidence (an IPv6 that never answers must
+  not lower what IPv4 needs). The sides share the uplink's budget, an equal share each (the
+  Monitor's lanes; `streaks` tells it where the doubt is).
 - Transitions are returned as `Transition(uplink, old, new, at, reason, family)`: family
   "ipv4"/"ipv6" for one side of an uplink with both, "both" for the uplink as a whole (its only
   side, or its overall state, which follows the sides' transitions when it changes).
