@@ -135,6 +135,7 @@ class _Uplink:
     normal: dict[str, float] = field(default_factory=dict)  # lane -> without burst
     lend: dict[str, str] = field(default_factory=dict)  # lane -> the lane its probes go to
     turn: dict[str, int] = field(default_factory=dict)  # lane -> its last target lent to
+    credit: int = 0  # packets lent and not spent yet
     fast: bool = False
     hurried: float | None = None  # `hurry` (when): burst until a later probe is answered or dead
 
@@ -230,7 +231,9 @@ class Monitor:
                 for f, v in u.normal.items()}, lend
 
     def _pace_lanes(self, name: Hashable, u: _Uplink, now: float, force: bool = False) -> None:
-        paces, u.lend = self._lane_paces(name, u)
+        paces, lend = self._lane_paces(name, u)
+        if lend != u.lend:
+            u.lend, u.credit = lend, 0
         u.fast = paces != u.normal
         for f, v in paces.items():
             if force or v != u.paces[f]:
@@ -240,15 +243,21 @@ class Monitor:
                 else:
                     self.schedule.repace(Lane(name, f), v, now)
 
-    def _lent(self, u: _Uplink, lane: str, target: Target) -> Target:
+    def _lent(self, u: _Uplink, lane: str, target: Target) -> Target | None:
         """The target a lane's due probe goes to: its own, or the next of the lane it lends
-        to (in turn)."""
+        to (in turn), paid with the packets its own probe would have cost (a TCP target, 3
+        packets, takes 3 slots of ICMP targets; None: this slot is saved for it)."""
         to = u.lend.get(lane)
         if to is None:
             return target
         ts = u.lanes[to]
-        u.turn[to] = (u.turn.get(to, -1) + 1) % len(ts)
-        return ts[u.turn[to]]
+        nxt = ts[(u.turn.get(to, -1) + 1) % len(ts)]
+        u.credit += target.cost
+        if u.credit < nxt.cost:
+            return None
+        u.credit -= nxt.cost
+        u.turn[to] = ts.index(nxt)
+        return nxt
 
     def _fast(self, u: _Uplink) -> float:
         """The burst's round: `burst` times faster, and while hurried at least as fast as
@@ -291,10 +300,11 @@ class Monitor:
         for key, target in self.schedule.due(now):
             name = key.uplink if isinstance(key, Lane) else key
             u = self._uplinks.get(name)
-            if u is not None and isinstance(key, Lane):
-                target = self._lent(u, key.family, target)
-            if u is not None:
-                self.prober.send(name, u.via, target, u.tracker.timeout(name, target))
+            if u is None:
+                continue
+            to = self._lent(u, key.family, target) if isinstance(key, Lane) else target
+            if to is not None:
+                self.prober.send(name, u.via, to, u.tracker.timeout(name, to))
         nxt = self.schedule.next_due()
         wait_until = until if nxt is None else min(until, nxt)
         for r in self.prober.poll(wait_until):
