@@ -66,6 +66,23 @@ def test_random_phase_and_removal() -> None:
     assert {t for _, _, t in run(s, 3.0)} == set(T3)
 
 
+def test_repace_sends_nothing_at_once_and_keeps_the_order() -> None:
+    """A lane's pace changing back and forth (a lossy line's short doubts) costs no probe: the
+    next one comes one new spacing after the last one sent, the round's order goes on."""
+    s = Schedule(random.Random(4))
+    s.add("a", T3, 0.6, 0.0, phase=0.0)
+    sent = [(at, t) for at, _, t in run(s, 0.25)]  # 0.0 and ~0.2: T3[0], T3[1]
+    assert [t for _, t in sent] == list(T3[:2])
+    s.repace("a", 0.3, 0.25)  # spacing 0.1 from the last probe (~0.2): T3[2] at ~0.3
+    more = [(round(at, 2), t) for at, _, t in run(s, 0.75) if at >= 0.25]
+    assert more[0][1] == T3[2] and 0.27 <= more[0][0] <= 0.33, more
+    assert [t for _, t in more[:4]] == [T3[2], T3[0], T3[1], T3[2]]
+    last = max(at for at, _ in more if at < 0.75)
+    s.repace("a", 0.6, 0.75)
+    later = [at for at, _, _ in run(s, 1.2) if at >= 0.75]
+    assert later[0] >= last + 0.2 - 0.03, (last, later)  # slower: not at once
+
+
 def test_the_health_core_touches_nothing() -> None:
     code = ("import sys\nimport connpin.health, connpin.health.targets, connpin.health.tracker\n"
             "bad = [m for m in ('pyroute2', 'subprocess', 'socket', 'selectors', "

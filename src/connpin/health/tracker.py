@@ -27,9 +27,11 @@ Rules (defaults in `Params`):
   family has one side, which is the uplink (nothing changes). With both: the uplink is alive
   while any side is, dead when every side is, unknown otherwise; while no side is dead, the
   rule over all targets together (the one-list rule, its quorum from all of them) takes every
-  side down at once, so a blackhole of the whole uplink is as fast as before; once a side is
-  dead the other needs its own evidence (an IPv6 that never answers must not lower what IPv4
-  needs). The sides share the uplink's round and budget.
+  side down at once, so a blackhole of the whole uplink is as fast as before (also while the
+  dead sides died less than RECENT seconds ago: one side's burst may kill it first); once a
+  side has been dead longer the other needs its own evidence (an IPv6 that never answers must
+  not lower what IPv4 needs). The sides share the uplink's budget, an equal share each (the
+  Monitor's lanes; `streaks` tells it where the doubt is).
 - Transitions are returned as `Transition(uplink, old, new, at, reason, family)`: family
   "ipv4"/"ipv6" for one side of an uplink with both, "both" for the uplink as a whole (its only
   side, or its overall state, which follows the sides' transitions when it changes).
@@ -74,6 +76,7 @@ ALIVE = "alive"
 DEAD = "dead"
 UNKNOWN = "unknown"
 STATES = (ALIVE, DEAD, UNKNOWN)
+RECENT = 2.0  # s: a side dead this recently still lets the rule over all targets take the rest
 BOTH = "both"  # a Transition about the uplink as a whole (not one family side of it)
 
 
@@ -131,9 +134,10 @@ class Params:
         k = max(2, math.ceil(self.down_probes / max(1, targets)))
         return k, k
 
-    def interval(self, packets_per_round: int) -> float:
-        """Seconds between rounds so that the uplink stays within `rate`."""
-        return max(self.min_interval, packets_per_round / self.rate)
+    def interval(self, packets_per_round: int, share: float = 1.0) -> float:
+        """Seconds between rounds so that the uplink stays within `rate` (a round that gets
+        `share` of the budget: one family side's)."""
+        return max(self.min_interval, packets_per_round / (self.rate * share))
 
 
 @dataclass(frozen=True)
@@ -403,13 +407,17 @@ class Tracker:
             return [Transition(name, old, new, now, side.reason) for _, old, new in changed]
         # several families: while none is dead, the rule over all targets together (the
         # single-list rule, its quorum from all of them) takes every side down at once
+        # (or while the dead sides died within RECENT seconds: a blackhole of the whole uplink
+        # where one side's evidence came first, a burst on its targets)
         targets = u.targets
-        if not any(s.state == DEAD for s in u.sides.values()) and self._all_failing(targets):
+        if all(s.state != DEAD or now - s.since <= RECENT for s in u.sides.values()) and \
+                any(s.state != DEAD for s in u.sides.values()) and self._all_failing(targets):
             reason = self._down_reason(targets)
             for fam, side in u.sides.items():
-                old = side.state
-                self._die(side, now, reason)
-                changed = [c for c in changed if c[0] != fam] + [(fam, old, DEAD)]
+                if side.state != DEAD:
+                    old = side.state
+                    self._die(side, now, reason)
+                    changed = [c for c in changed if c[0] != fam] + [(fam, old, DEAD)]
         out = [Transition(name, old, new, now, u.sides[fam].reason, fam)
                for fam, old, new in changed if old != new]
         state, reason = self._overall(u)
@@ -450,6 +458,17 @@ class Tracker:
         probe the uplink faster."""
         return any(s.state != DEAD and s.streak >= self.params.suspect_after
                    for s in self._uplinks[uplink].sides.values())
+
+    def streaks(self, uplink: Hashable) -> dict[str, int]:
+        """Family side (BOTH for a one-family uplink) -> its lost probes in a row, for the sides
+        that are not dead."""
+        return {f: s.streak for f, s in self._uplinks[uplink].sides.items() if s.state != DEAD}
+
+    def suspect_sides(self, uplink: Hashable) -> tuple[str, ...]:
+        """The family sides (BOTH for a one-family uplink) that are not dead but lost their last
+        `suspect_after` probes: where the burst goes."""
+        return tuple(f for f, s in self._uplinks[uplink].sides.items()
+                     if s.state != DEAD and s.streak >= self.params.suspect_after)
 
     def snapshot(self, uplink: Hashable) -> UplinkHealth:
         u, p = self._uplinks[uplink], self.params
