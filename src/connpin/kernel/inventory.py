@@ -39,6 +39,7 @@ def _iptables(unread: list[str]) -> tuple[list[C.MarkWrite], set[tuple[str, str]
     listing skips them: iptables-nft-save shows them in the user's own words)."""
     writes: list[C.MarkWrite] = []
     managed: set[tuple[str, str]] = set()
+    names: dict[str, int] | None = None
     for flavour in ("nft", "legacy"):
         for family, base in (("ip", "iptables"), ("ip6", "ip6tables")):
             exe = f"{base}-{flavour}-save"
@@ -48,10 +49,25 @@ def _iptables(unread: list[str]) -> tuple[list[C.MarkWrite], set[tuple[str, str]
             if rc != 0:
                 unread.append(f"{base}-{flavour}-save: {_oneline(err) or f'exit {rc}'}")
                 continue
-            writes += C.iptables_writes(out, f"iptables-{flavour}", family)
+            if names is None and "connlabel" in out:
+                names = _label_names()
+            writes += C.iptables_writes(out, f"iptables-{flavour}", family, names)
             if flavour == "nft":
                 managed |= {(family, t) for t in C.iptables_tables(out)}
     return writes, managed
+
+
+#: Where iptables (libnetfilter_conntrack) finds names for conntrack label bits.
+CONNLABEL_CONF = "/etc/xtables/connlabel.conf"
+
+
+def _label_names() -> dict[str, int]:
+    """The label names iptables-save prints instead of bit numbers (none without the file)."""
+    try:
+        with open(CONNLABEL_CONF) as f:
+            return C.label_names(f.read())
+    except OSError:
+        return {}
 
 
 def _nft(config: Config, skip: set[tuple[str, str]],
