@@ -257,3 +257,17 @@ def test_iptables_label_writes_conflict_with_the_passive_signal() -> None:
     assert C.blocking(found) == found
     free = model.loads("[health]\npassive_label = 100\n" + check)
     assert [c for c in C.conflicts(free, inv) if c.kind == "label"] == []
+
+
+def test_iptables_nft_save_runs_only_when_its_tables_are_in_the_ruleset() -> None:
+    from connpin.kernel import inventory
+
+    doc = {"nftables": [{"metainfo": {"version": "1.0.6"}},
+                        {"table": {"family": "inet", "name": "connpin", "handle": 1}},
+                        {"table": {"family": "ip6", "name": "mangle", "handle": 2}}]}
+    tables = inventory._tables(doc)
+    assert tables == {("inet", "connpin"), ("ip6", "mangle")}
+    assert not inventory._shows_anything("nft", "ip", tables)
+    assert inventory._shows_anything("nft", "ip6", tables)
+    assert inventory._shows_anything("nft", "ip", None)  # no nft listing: the tool decides
+    assert inventory._tables(None) is None
