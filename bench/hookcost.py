@@ -6,7 +6,8 @@ hooks ran the check, and before the raw table reads). Then, in-process in the sa
 check's part that grows with connpin's table range: the range read by pyroute2 one request per
 table id (before) and by kernel/tableroutes (after), and the whole inventory.take.
 
-    .venv/bin/python bench/hookcost.py [--quick] [--out DIR] [--src DIR]... [--sizes 0,100000]
+    .venv/bin/python bench/hookcost.py [--quick] [--out DIR] [--src DIR]... [--reps N]
+                                                [--sizes 0,100000]
 """
 
 from __future__ import annotations
@@ -80,14 +81,20 @@ def main() -> int:
     def extra(p) -> None:
         p.add_argument("--src", action="append", default=[],
                        help="also run connpin from this src/ directory (repeatable)")
+        p.add_argument("--reps", type=int, help="runs of each (default 15, --quick 5)")
         p.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")],
                        default=list(SIZES), help="foreign route counts, comma-separated")
 
     args = C.parse_args(__doc__.split("\n\n")[0], extra)
-    reps = 5 if args.quick else 15
+    reps = args.reps or (5 if args.quick else 15)
     sources = {"this checkout": HERE_SRC} | {os.path.abspath(d): os.path.abspath(d)
                                              for d in args.src}
-    rows = []
+    # bytecode for every checkout alike: PYTHONDONTWRITEBYTECODE would otherwise leave a
+    # checkout compiling its changed modules in every run
+    for src in sources.values():
+        subprocess.run([sys.executable, "-m", "compileall", "-q", src], check=True)
+    rows: list[list] = []
+    samples: list[list] = []
     for n in args.sizes:
         with C.section(f"{n} foreign routes"), C.Lab(uplinks=("ppp", "ppp")) as lab:
             lab.write_config(lab.default_config(masquerade=True))
@@ -99,21 +106,23 @@ def main() -> int:
             for src in sources.values():  # warm the page cache once each, not measured
                 _up(ns, cfg, src)
             ups: dict[str, list[float]] = {k: [] for k in sources}
+            names = list(sources)
             for i in range(reps):
-                order = list(sources) if i % 2 == 0 else list(sources)[::-1]
-                for k in order:  # interleaved, alternating order
+                for k in names[i % len(names):] + names[:i % len(names)]:  # rotating order
                     ups[k].append(_up(ns, cfg, sources[k]))
+                    samples.append([n, k, i, f"{ups[k][-1]:.1f}"])
             parts = _in_process(ns, model.load(lab.config_path), reps)
             here = statistics.median(ups["this checkout"])
             for k, v in ups.items():
-                rows.append([n, k, f"{statistics.median(v):.0f}",
+                q1, _, q3 = statistics.quantiles(v, n=4)
+                rows.append([n, k, f"{statistics.median(v):.0f}", f"{q1:.0f}-{q3:.0f}",
                              f"{statistics.median(v) / here:.2f}"])
                 print("   ", rows[-1], flush=True)
-            rows += [[n, f"in-process: {k}", f"{v:.1f}", ""] for k, v in parts.items()]
-    headers = ["foreign routes", "what", "median ms", "x this checkout"]
+            rows += [[n, f"in-process: {k}", f"{v:.1f}", "", ""] for k, v in parts.items()]
+    headers = ["foreign routes", "what", "median ms", "quartiles", "x this checkout"]
     text = C.table(headers, rows)
     print(text)
-    C.write_csv(args.out, "hookcost", headers, rows)
+    C.write_csv(args.out, "hookcost", ["foreign routes", "what", "run", "ms"], samples)
     m = C.machine()
     C.write_md(args.out, "hookcost", "## A hook call with the conflict check\n\n"
                f"`connpin up ppp0` with nothing to change, median of {reps} interleaved runs "

@@ -172,7 +172,7 @@ def iptables_writes(text: str, source: str, family: str,
     """Mark writes in iptables-save output (which spells every MARK/CONNMARK in its long form:
     `--set-xmark V/M`, `--save-mark --nfmask N --ctmask C`, `--restore-mark ...`), and
     conntrack label writes: the connlabel *match* with `--set` (`-m connlabel --label "127"
-    --set`; iptables has no CONNLABEL target) sets its bit on every packet it sees, negated or
+    --set`; iptables has no CONNLABEL target) sets its bit on every packet reaching it, negated or
     not. `label_names`: /etc/xtables/connlabel.conf's names, which iptables-save prints instead
     of the bit when the file names it."""
     out, table = [], ""
