@@ -1,7 +1,9 @@
 """Lists what other software put into this namespace's kernel, for conflicts.conflicts() to judge:
 the nft ruleset (`nft -j list ruleset`), iptables rules of both flavours (iptables-nft-save and
-iptables-legacy-save, IPv4 and IPv6), ip rules (all) and routes of connpin's table range
-(pyroute2). Decides nothing; a part it cannot read is named in `unread`, never guessed.
+iptables-legacy-save, IPv4 and IPv6; a tool that cannot list a rule is not started), ip rules
+(all, pyroute2) and routes of connpin's table range (kernel/tableroutes). It runs before every
+hook's converge, so it stays cheap: ~15 ms (docs/performance.md). Decides nothing; a part it
+cannot read is named in `unread`, never guessed.
 """
 
 from __future__ import annotations
