@@ -167,9 +167,14 @@ def _pair(text: str) -> tuple[int, int]:
     return _num(value), _num(mask) if mask else ALL
 
 
-def iptables_writes(text: str, source: str, family: str) -> list[MarkWrite]:
+def iptables_writes(text: str, source: str, family: str,
+                    label_names: dict[str, int] | None = None) -> list[MarkWrite]:
     """Mark writes in iptables-save output (which spells every MARK/CONNMARK in its long form:
-    `--set-xmark V/M`, `--save-mark --nfmask N --ctmask C`, `--restore-mark ...`)."""
+    `--set-xmark V/M`, `--save-mark --nfmask N --ctmask C`, `--restore-mark ...`), and
+    conntrack label writes: the connlabel *match* with `--set` (`-m connlabel --label "127"
+    --set`; iptables has no CONNLABEL target) sets its bit on every packet reaching it, negated or
+    not. `label_names`: /etc/xtables/connlabel.conf's names, which iptables-save prints instead
+    of the bit when the file names it."""
     out, table = [], ""
     for line in text.splitlines():
         if line.startswith("*"):
@@ -179,6 +184,9 @@ def iptables_writes(text: str, source: str, family: str) -> list[MarkWrite]:
             continue
         words = line.split()
         chain = words[1]
+        if "connlabel" in words:
+            out += [MarkWrite(source, family, table, chain, "ct label", 0, line, bit)
+                    for bit in _label_sets(line, label_names or {})]
         if "-j" not in words:
             continue
         j = words.index("-j")
@@ -201,6 +209,45 @@ def iptables_writes(text: str, source: str, family: str) -> list[MarkWrite]:
         elif "--or-mark" in opts or "--xor-mark" in opts:
             bits = _num(opts.get("--or-mark") or opts["--xor-mark"])
         out.append(MarkWrite(source, family, table, chain, what, bits, line))
+    return out
+
+
+def _label_sets(line: str, names: dict[str, int]) -> list[int]:
+    """The label bits the `-m connlabel ... --set` matches of one iptables-save line set (a
+    name not in `names` cannot be a bit number: left out)."""
+    import shlex
+
+    try:
+        words = shlex.split(line)  # `--label "127"`: iptables-save quotes the label
+    except ValueError:
+        words = line.split()
+    out: list[int] = []
+    for i, w in enumerate(words):
+        if w != "-m" or i + 1 >= len(words) or words[i + 1] != "connlabel":
+            continue
+        label, is_set = None, False
+        for j in range(i + 2, len(words)):  # this match's options, up to the next -m/-j/-g
+            if words[j] in ("-m", "-j", "-g"):
+                break
+            if words[j] == "--set":
+                is_set = True
+            elif words[j] == "--label" and j + 1 < len(words):
+                label = words[j + 1]
+        if not is_set or label is None:
+            continue
+        bit = int(label) if label.isdigit() else names.get(label)
+        if bit is not None:
+            out.append(bit)
+    return out
+
+
+def label_names(text: str) -> dict[str, int]:
+    """connlabel.conf (lines `BIT NAME`, `#` comments) as name -> bit."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split("#", 1)[0].split()
+        if len(parts) >= 2 and parts[0].isdigit():
+            out.setdefault(parts[1], int(parts[0]))
     return out
 
 
