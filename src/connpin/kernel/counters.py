@@ -23,7 +23,7 @@ import struct
 from dataclasses import replace
 
 from connpin.kernel import netns as ns
-from connpin.kernel import nft
+from connpin.kernel import nft, nlmsg
 from connpin.values import Counters, split_counter
 
 KINDS = ("new", "out", "in", "reset")
@@ -37,7 +37,7 @@ NFTA_OBJ_TABLE, NFTA_OBJ_NAME, NFTA_OBJ_TYPE, NFTA_OBJ_DATA = 1, 2, 3, 4
 NFT_OBJECT_COUNTER = 1
 NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
 NLA_TYPE_MASK = 0x3FFF
-_HDR = struct.Struct("=IHHII")
+_HDR = nlmsg.HDR
 _NLA = struct.Struct("=HH")
 _BE64 = struct.Struct(">Q")
 
@@ -73,11 +73,7 @@ def _dump(sock: socket.socket, table: str) -> dict[str, tuple[int, int]]:
     interrupted = False
     while True:
         buf = sock.recv(1 << 16)
-        off = 0
-        while off + 16 <= len(buf):
-            length, mtype, flags, _, _ = _HDR.unpack_from(buf, off)
-            if length < 16:
-                raise OSError(errno.EPROTO, "bad netlink message")
+        for mtype, flags, _, off, end in nlmsg.walk(buf):
             if mtype == NLMSG_DONE:
                 if interrupted:
                     raise Interrupted
@@ -90,14 +86,13 @@ def _dump(sock: socket.socket, table: str) -> dict[str, tuple[int, int]]:
                     raise OSError(err, os.strerror(err))
             elif mtype == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWOBJ:
                 interrupted |= bool(flags & NLM_F_DUMP_INTR)
-                a = _attrs(buf, off + 20, off + length)  # after nlmsghdr and nfgenmsg
+                a = _attrs(buf, off + 20, end)  # after nlmsghdr and nfgenmsg
                 if NFTA_OBJ_NAME in a and NFTA_OBJ_DATA in a:
                     name = bytes(buf[slice(*a[NFTA_OBJ_NAME])]).rstrip(b"\0").decode()
                     data = _attrs(buf, *a[NFTA_OBJ_DATA])
                     values = [_BE64.unpack_from(buf, data[k][0])[0] if k in data else 0
                               for k in (NFTA_COUNTER_PACKETS, NFTA_COUNTER_BYTES)]
                     out[name] = (values[0], values[1])
-            off += (length + 3) & ~3
 
 
 def read_raw(netns: str | None, table: str) -> dict[str, tuple[int, int]]:

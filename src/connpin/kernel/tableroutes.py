@@ -24,6 +24,8 @@ import struct
 
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
+from connpin.kernel import nlmsg
+
 SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -31,7 +33,7 @@ NLM_F_REQUEST, NLM_F_DUMP, NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
 RTA_TABLE = 15
 #: Reads of one table that the kernel interrupted (it changed meanwhile) before giving up.
 RETRIES = 5
-_HDR = struct.Struct("=IHHII")
+_HDR = nlmsg.HDR
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _U32_ATTR = struct.Struct("=HHI")
 _ERRNO = struct.Struct("=i")
@@ -45,18 +47,6 @@ def request(family: int, table: int, seq: int) -> bytes:
                      0) + body
 
 
-def replies(buf: bytes) -> list[tuple[int, int, int, bytes]]:
-    """(type, flags, seq, message) of each netlink message in one read."""
-    out, off = [], 0
-    while off + _HDR.size <= len(buf):
-        length, kind, flags, seq, _ = _HDR.unpack_from(buf, off)
-        if length < _HDR.size or off + length > len(buf):
-            raise OSError(errno.EPROTO, "truncated netlink message")
-        out.append((kind, flags, seq, buf[off:off + length]))
-        off += (length + 3) & ~3
-    return out
-
-
 def _read_one(sock: socket.socket, family: int, table: int, seq: int) -> tuple[list[bytes], bool]:
     """The route messages of one table (none when it does not exist), and whether the kernel
     marked the dump interrupted."""
@@ -64,14 +54,16 @@ def _read_one(sock: socket.socket, family: int, table: int, seq: int) -> tuple[l
     routes: list[bytes] = []
     interrupted = False
     while True:
-        for kind, flags, got, msg in replies(sock.recv(1 << 16)):
+        buf = sock.recv(1 << 16)
+        for kind, flags, got, start, end in nlmsg.walk(buf):
             if got != seq:  # not this request's (none is pending on this socket)
                 continue
             interrupted |= bool(flags & NLM_F_DUMP_INTR)
             if kind == RTM_NEWROUTE:
-                routes.append(msg)
+                routes.append(buf[start:end])
             elif kind in (NLMSG_DONE, NLMSG_ERROR):
-                code = _ERRNO.unpack_from(msg, _HDR.size)[0] if len(msg) >= _HDR.size + 4 else 0
+                code = (_ERRNO.unpack_from(buf, start + _HDR.size)[0]
+                        if end - start >= _HDR.size + 4 else 0)
                 if code == -errno.ENOENT:  # no such table
                     return [], False
                 if code:

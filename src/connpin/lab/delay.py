@@ -41,6 +41,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from connpin.kernel import nlmsg
+
 QUEUE = 7
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
@@ -70,7 +72,7 @@ def message(msg: int, queue: int, attrs: bytes, seq: int = 0, flags: int = NLM_F
             family: int = socket.AF_UNSPEC) -> bytes:
     """One nfnetlink_queue message: nlmsghdr, nfgenmsg (res_id = the queue, big-endian), attrs."""
     body = struct.pack("=BB", family, 0) + struct.pack("!H", queue) + attrs
-    return struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_QUEUE << 8) | msg, flags, seq,
+    return nlmsg.HDR.pack(16 + len(body), (NFNL_SUBSYS_QUEUE << 8) | msg, flags, seq,
                        0) + body
 
 
@@ -97,13 +99,8 @@ def verdict(queue: int, packet_id: int, what: int = NF_ACCEPT) -> bytes:
 
 def parse(buf: bytes) -> Iterator[tuple[int, int, bytes]]:
     """The messages in a netlink datagram: (type, seq, payload after the nlmsghdr)."""
-    off = 0
-    while off + 16 <= len(buf):
-        length, kind, _flags, seq, _pid = struct.unpack_from("=IHHII", buf, off)
-        if length < 16:
-            return
-        yield kind, seq, buf[off + 16:off + length]
-        off += (length + 3) & ~3
+    for kind, _flags, seq, start, end in nlmsg.walk(buf):
+        yield kind, seq, buf[start + nlmsg.HDR.size:end]
 
 
 def packet_id(payload: bytes) -> int | None:
