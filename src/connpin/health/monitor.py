@@ -144,6 +144,13 @@ def _cost(targets: Sequence[Target]) -> int:
     return sum(t.cost for t in targets)
 
 
+def _hurried(p: Params, normal: float, packets: float) -> float:
+    """A hurried round's interval: `burst` times faster than `normal`, or than a round of
+    `packets` at the default budget (HURRY_RATE) when that is faster (a slow `rate` must not
+    slow a hurried check)."""
+    return min(normal, max(p.min_interval, packets / HURRY_RATE)) / p.burst
+
+
 class Monitor:
     """Probe uplinks through a Prober and feed the results to their trackers."""
 
@@ -169,7 +176,7 @@ class Monitor:
         for t in targets:
             lanes.setdefault(family_of(t), []).append(t)
         self._uplinks[name] = u
-        if len(lanes) < 2 or not hasattr(tr, "suspect_sides"):
+        if len(lanes) < 2 or not hasattr(tr, "streaks"):  # a tracker without family sides
             self.schedule.add(name, targets, interval, now)
             return
         # one lane per family side, each with an equal share of the uplink's budget: a side's
@@ -209,10 +216,9 @@ class Monitor:
         a row over them (a blackhole of the whole uplink), or hurried: every lane `burst`
         times faster, as one round would be (a dead side's lane keeps its pace)."""
         p = u.tracker.params
-        if u.hurried is not None:
-            n = len(u.lanes)
-            return {f: min(u.normal[f], max(p.min_interval, _cost(ts) * n / HURRY_RATE))
-                    / p.burst for f, ts in u.lanes.items()}, {}
+        if u.hurried is not None:  # each lane at its share (1/n) of the default budget
+            return {f: _hurried(p, u.normal[f], _cost(ts) * len(u.lanes))
+                    for f, ts in u.lanes.items()}, {}
         streaks = u.tracker.streaks(name)  # the sides that are not dead
         doubt = sorted(f for f, n in streaks.items() if n >= 1)
         if len(doubt) == len(streaks):  # every live side losing (or none live)
@@ -260,13 +266,11 @@ class Monitor:
         return nxt
 
     def _fast(self, u: _Uplink) -> float:
-        """The burst's round: `burst` times faster, and while hurried at least as fast as
-        the default budget would make it (a slow `rate` must not slow a hurried check)."""
+        """The burst's round: `burst` times faster (`_hurried` while hurried)."""
         p = u.tracker.params
-        base = u.interval
         if u.hurried is not None:
-            base = min(base, max(p.min_interval, sum(t.cost for t in u.targets) / HURRY_RATE))
-        return base / p.burst
+            return _hurried(p, u.interval, _cost(u.targets))
+        return u.interval / p.burst
 
     def hurry(self, name: Hashable) -> bool:
         """Burst `name`'s probes now (the passive signal called it suspect): its next round

@@ -184,7 +184,6 @@ class UplinkHealth:
     families: tuple[FamilyHealth, ...] = ()
 
 
-
 @dataclass
 class _Target:
     window: int
@@ -463,12 +462,6 @@ class Tracker:
         """Family side (BOTH for a one-family uplink) -> its lost probes in a row, for the sides
         that are not dead."""
         return {f: s.streak for f, s in self._uplinks[uplink].sides.items() if s.state != DEAD}
-
-    def suspect_sides(self, uplink: Hashable) -> tuple[str, ...]:
-        """The family sides (BOTH for a one-family uplink) that are not dead but lost their last
-        `suspect_after` probes: where the burst goes."""
-        return tuple(f for f, s in self._uplinks[uplink].sides.items()
-                     if s.state != DEAD and s.streak >= self.params.suspect_after)
 
     def snapshot(self, uplink: Hashable) -> UplinkHealth:
         u, p = self._uplinks[uplink], self.params
