@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from connpin import alloc
+from connpin.health import passive
 from connpin.model import Config
 
 ALL = 0xFFFFFFFF
@@ -326,9 +327,9 @@ def conflicts(config: Config, inv: Inventory) -> list[Conflict]:
 def _labels(config: Config, inv: Inventory) -> list[Conflict]:
     """Other rules setting the conntrack label bits of the passive health signal (rendered
     with `check` and [health] passive: bits passive_label - 1 and passive_label)."""
-    p = getattr(config, "passive", None)
-    if p is None or not p.enabled or not any(u.check for u in config.uplinks):
+    if not passive.rendered(config):
         return []
+    p = config.passive
     return [Conflict("label", w.where, f"sets conntrack label bit {w.label}, which connpin's "
                      f"passive health signal uses (bits {p.label - 1} and {p.label}): set "
                      "health.passive_label to free bits, or health.passive = false")

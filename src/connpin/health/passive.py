@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 #: Keys of [health] that configure the passive signal (health/settings.py).
 KEYS = ("passive", "passive_unanswered", "passive_window", "passive_grace", "passive_label")
@@ -47,6 +48,13 @@ class PassiveParams:
         if not 1 <= self.label <= 127:
             raise ValueError(f"passive_label: {self.label} must be in 1..127 (connpin also "
                              "uses the bit below it)")
+
+
+def rendered(config: Any) -> bool:
+    """Whether a config (model.Config) has the signal in connpin's table: [health] passive on
+    and some uplink with `check` (render/passive.py renders it, conflicts.py guards its label
+    bits, watch/passive.py reads it)."""
+    return config.passive.enabled and any(u.check for u in config.uplinks)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from connpin.health.passive import rendered
 from connpin.values import split_counter
 
 if TYPE_CHECKING:
@@ -33,19 +34,9 @@ def _hex(v: int) -> str:
     return f"{v:#010x}"
 
 
-def _params(config: Any) -> Any:
-    return getattr(config, "passive", None)
-
-
-def enabled(config: Any) -> bool:
-    """Rendered at all: [health] passive on and some uplink with `check`."""
-    p = _params(config)
-    return bool(p is not None and p.enabled and any(u.check for u in config.uplinks))
-
-
 def checked(config: Any, u: UplinkState) -> bool:
     """This uplink interface gets the counters (its uplink has `check`)."""
-    if not enabled(config):
+    if not rendered(config):
         return False
     up = config.uplink(u.uplink)
     return bool(up is not None and up.check)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
-from connpin.health.passive import Detector, PassiveParams
+from connpin.health.passive import Detector, PassiveParams, rendered
 from connpin.render import passive as render
 
 PERIOD = 0.2  # seconds between counter readings
@@ -30,7 +30,7 @@ class Spec:
 
 def spec(config: Any) -> Spec | None:
     """The passive signal of a config (None: off, or no uplink has `check`)."""
-    if not render.enabled(config):
+    if not rendered(config):
         return None
     return Spec(config.passive, config.pinning.nft_table)
 
