@@ -150,6 +150,12 @@ class Counters:
     resets: int = 0  # on_down = "reset": packets of its pinned connections answered with a reset
 
 
+def counter_name(kind: str, u: UplinkState) -> str:
+    """The name of one of an uplink interface's named nft counters, `KIND_INDEX_UPLINK`
+    (`out_236_fibre`; uplink names never hold spaces): `split_counter` reads it back."""
+    return f"{kind}_{u.slot.index}_{u.uplink}"
+
+
 def split_counter(name: str, kinds: tuple[str, ...]) -> tuple[str, int, str] | None:
     """A per-uplink counter's name `KIND_INDEX_UPLINK` (`out_236_fibre`) -> (kind, index,
     uplink), for the kinds given; None for any other name (not connpin's, or another kind)."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from connpin.const import CHOICE_SPACE as SPACE
 from connpin.const import NEVER_PINNED6
 from connpin.render import passive
+from connpin.values import counter_name
 
 if TYPE_CHECKING:
     from connpin.choice import Choice
@@ -132,8 +133,7 @@ def counter_names(u: UplinkState) -> tuple[str, str, str]:
     """The named nft counters of one uplink interface (`[metrics]`): new connections pinned to
     it, packets out by it and in from it. Slot index then uplink name: kernel/counters.py reads
     the uplink back from the name (`kind_index_uplink`; uplink names never hold spaces)."""
-    tail = f"{u.slot.index}_{u.uplink}"
-    return f"new_{tail}", f"out_{tail}", f"in_{tail}"
+    return counter_name("new", u), counter_name("out", u), counter_name("in", u)
 
 
 def _counters_on(config: Config) -> bool:
@@ -158,7 +158,7 @@ def _counter_objects(uplinks: Sequence[UplinkState]) -> list[str]:
 def reset_counter_name(u: UplinkState) -> str:
     """The named counter of the resets sent for one interface of an uplink with on_down =
     "reset" (`reset_I_U`, read like counter_names' counters)."""
-    return f"reset_{u.slot.index}_{u.uplink}"
+    return counter_name("reset", u)
 
 
 def _resetting(config: Config, uplinks: Sequence[UplinkState]) -> list[UplinkState]:
@@ -384,7 +384,7 @@ def body(config: Config, uplinks: Sequence[UplinkState],
 
 def render(config: Config, uplinks: Sequence[UplinkState],
            choices: Sequence[Choice] = (),
-         dead_marks: Sequence[tuple[int, int]] | None = None) -> str:
+           dead_marks: Sequence[tuple[int, int]] | None = None) -> str:
     """The whole ruleset as shown by `plan`."""
     return HEADER + body(config, uplinks, choices, dead_marks)
 

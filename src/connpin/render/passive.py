@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from connpin.health.passive import rendered
-from connpin.values import split_counter
+from connpin.values import counter_name, split_counter
 
 if TYPE_CHECKING:
     from connpin.values import UplinkState
@@ -43,8 +43,7 @@ def checked(config: Any, u: UplinkState) -> bool:
 
 
 def counter_names(u: UplinkState) -> tuple[str, str]:
-    tail = f"{u.slot.index}_{u.uplink}"
-    return f"sent_{tail}", f"answered_{tail}"
+    return counter_name("sent", u), counter_name("answered", u)
 
 
 def split(name: str) -> tuple[str, int, str] | None:
